@@ -1,0 +1,171 @@
+r"""Elman recurrent network: equations, reference step and hand-derived BPTT.
+
+The cell (seeds 000, 001, 002) keeps one hidden vector and updates it from the
+current input and its own previous value:
+
+.. math::
+
+    a_t = W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}
+    h_t = \phi(a_t), \qquad \phi \in \{\tanh, \mathrm{sigmoid}, \mathrm{relu}\}
+
+Shapes (time-major, as inside every fused Function of rnnlab):
+``x``: (T, N, I); ``h0``: (N, H); ``weight_ih``: (H, I); ``weight_hh``: (H, H);
+``bias_ih``, ``bias_hh``: (H,) or ``None``.  Output ``hs``: (T, N, H), ``hs[-1]`` is
+the final state.  The parameter names and layout are those of ``torch.nn.RNN``.
+
+Backward (seed 003's vanilla RNN gradients).  Write :math:`g_t = \partial E/\partial h_t`
+for the total gradient reaching :math:`h_t` (from the loss at step t and from step t+1).
+Going back in time:
+
+.. math::
+
+    g_t &= \partial E_t/\partial h_t + W_{hh}^\top \delta_{t+1} \\
+    \delta_t &= g_t \odot \phi'(a_t) \\
+    \partial E/\partial W_{hh} &= \textstyle\sum_t \delta_t h_{t-1}^\top, \quad
+    \partial E/\partial W_{ih} = \textstyle\sum_t \delta_t x_t^\top, \quad
+    \partial E/\partial b = \textstyle\sum_t \delta_t \\
+    \partial E/\partial x_t &= W_{ih}^\top \delta_t, \qquad
+    \partial E/\partial h_0 = W_{hh}^\top \delta_1
+
+:math:`\phi'` is computed from the saved output: :math:`1-h^2` for tanh,
+:math:`h(1-h)` for the sigmoid, :math:`[h>0]` for ReLU.  The three weight gradients
+are single matmuls over all steps, taken after the reverse loop.
+
+Memory of the fused forward, kept for backward: ``T*N*H`` values (the outputs).
+
+Example:
+
+>>> import torch
+>>> from rnnlab.cells.elman import elman_sequence, elman_sequence_reference
+>>> T, N, I, H = 5, 2, 3, 4
+>>> x, h0 = torch.randn(T, N, I), torch.zeros(N, H)
+>>> w_ih, w_hh, b = torch.randn(H, I), torch.randn(H, H), torch.randn(H)
+>>> hs = elman_sequence(x, h0, w_ih, w_hh, b, b, "tanh")
+>>> ref = elman_sequence_reference(x, h0, w_ih, w_hh, b, b, "tanh")
+>>> torch.allclose(hs, ref, atol=1e-6)
+True
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+NONLINEARITIES = ("tanh", "sigmoid", "relu")
+
+_ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
+_ACTIVATIONS_ = {"tanh": torch.tanh_, "sigmoid": torch.sigmoid_, "relu": torch.relu_}
+
+
+def check_nonlinearity(nonlinearity: str) -> str:
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(
+            f"nonlinearity must be one of {', '.join(NONLINEARITIES)}; got {nonlinearity!r}"
+        )
+    return nonlinearity
+
+
+def elman_step(
+    x_t: Tensor,
+    h_prev: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    nonlinearity: str = "tanh",
+) -> Tensor:
+    """Reference step: h_t = phi(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), plain autograd."""
+    a = x_t @ weight_ih.t() + h_prev @ weight_hh.t()
+    if bias_ih is not None:
+        a = a + bias_ih
+    if bias_hh is not None:
+        a = a + bias_hh
+    return _ACTIVATIONS[nonlinearity](a)
+
+
+def elman_sequence_reference(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity="tanh"):
+    """Run :func:`elman_step` over time; autograd derives the gradients. Returns hs (T, N, H)."""
+    h, hs = h0, []
+    for x_t in x:
+        h = elman_step(x_t, h, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)
+        hs.append(h)
+    return torch.stack(hs)
+
+
+def _activation_grad(h: Tensor, nonlinearity: str) -> Tensor:
+    """phi'(a) written in terms of the output h = phi(a)."""
+    if nonlinearity == "tanh":
+        return 1 - h * h
+    if nonlinearity == "sigmoid":
+        return h * (1 - h)
+    return (h > 0).to(h.dtype)
+
+
+def _combined_bias(bias_ih: Tensor | None, bias_hh: Tensor | None, like: Tensor) -> Tensor:
+    """b_ih + b_hh (both biases sit outside the nonlinearity, so they act as one)."""
+    if bias_ih is None and bias_hh is None:
+        return like.new_zeros(())
+    if bias_ih is None:
+        return bias_hh
+    if bias_hh is None:
+        return bias_ih
+    return bias_ih + bias_hh
+
+
+class ElmanFunction(torch.autograd.Function):
+    """Whole-sequence Elman forward with BPTT written by hand (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
+        T, N, _ = x.shape
+        H = weight_hh.shape[0]
+        act_ = _ACTIVATIONS_[nonlinearity]
+        bias = _combined_bias(bias_ih, bias_hh, x)
+        # Input projections of all steps in one matmul; the bias rides along.
+        hs = torch.addmm(bias, x.reshape(T * N, -1), weight_ih.t()).view(T, N, H)
+        w_hh_t = weight_hh.t()
+        h = h0
+        for t in range(T):
+            # hs[t] already holds W_ih x_t + b; add W_hh h_{t-1} in place, then phi.
+            hs[t].addmm_(h, w_hh_t)
+            h = act_(hs[t])
+        ctx.nonlinearity = nonlinearity
+        ctx.has_bias = (bias_ih is not None, bias_hh is not None)
+        ctx.save_for_backward(x, h0, weight_ih, weight_hh, hs)
+        return hs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_hs):
+        x, h0, weight_ih, weight_hh, hs = ctx.saved_tensors
+        T, N, I = x.shape
+        H = weight_hh.shape[0]
+        grad_a = torch.empty_like(hs)  # delta_t for every step
+        grad_h = torch.zeros_like(h0)  # W_hh^T delta_{t+1}, flowing back from step t+1
+        for t in range(T - 1, -1, -1):
+            grad_h = grad_h + grad_hs[t]
+            torch.mul(grad_h, _activation_grad(hs[t], ctx.nonlinearity), out=grad_a[t])
+            grad_h = grad_a[t] @ weight_hh
+        grad_x = grad_h0 = grad_w_ih = grad_w_hh = grad_b_ih = grad_b_hh = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_a.view(T * N, H) @ weight_ih).view(T, N, I)
+        if ctx.needs_input_grad[1]:
+            grad_h0 = grad_h
+        delta = grad_a.view(T * N, H)
+        if ctx.needs_input_grad[2]:
+            grad_w_ih = delta.t() @ x.reshape(T * N, I)
+        if ctx.needs_input_grad[3]:
+            h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]).view(T * N, H)
+            grad_w_hh = delta.t() @ h_prev
+        if any(ctx.needs_input_grad[4:6]):
+            grad_b = delta.sum(0)
+            grad_b_ih = grad_b if ctx.has_bias[0] else None
+            grad_b_hh = grad_b if ctx.has_bias[1] else None
+        return grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, None
+
+
+def elman_sequence(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity="tanh"):
+    """Fused Elman sequence: hs (T, N, H) with hand-derived BPTT as its backward."""
+    check_nonlinearity(nonlinearity)
+    return ElmanFunction.apply(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)

@@ -1,0 +1,49 @@
+"""``rnnlab eval``: validation loss of a checkpoint, in nats and bits per token."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rnnlab.data import load_text, split_train_val
+from rnnlab.errors import UserError
+from rnnlab.training import evaluate
+from rnnlab.training.checkpoint import load_checkpoint
+
+HELP = "print a checkpoint's validation loss (nats and bits per character)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run directory or checkpoint")
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="score this whole file instead of the training text's validation part",
+    )
+
+
+def run(a) -> int:
+    model, vocab, config, _ = load_checkpoint(a.checkpoint)
+    if a.data is not None:
+        text = load_text(a.data)
+        what = a.data
+    else:
+        text = load_text(config.data.path)
+        what = (
+            f"the last {config.data.val_fraction:.0%} of {config.data.path or 'Tiny Shakespeare'}"
+        )
+    missing = vocab.unknown(text)
+    if missing:
+        listed = ", ".join(repr(c) for c in missing[:20])
+        raise UserError(f"the text has characters outside the model's vocabulary: {listed}")
+    ids = torch.tensor(vocab.encode(text), dtype=torch.long)
+    if a.data is None:
+        ids = split_train_val(ids, config.data.val_fraction)[1]
+    if len(ids) < 2:
+        raise UserError(f"too little text to evaluate in {what}: {len(ids)} tokens")
+    loss = evaluate(model, ids, config.optim.batch_size, config.optim.seq_len)
+    unit = "char" if vocab.kind == "char" else "word"
+    print(f"data: {what} ({len(ids):,} {unit}s)")
+    print(f"validation loss: {loss:.4f} nats/{unit} ({loss / math.log(2):.4f} bits/{unit})")
+    return 0

@@ -1,0 +1,36 @@
+"""``rnnlab`` command: dispatches to one small module per command."""
+
+from __future__ import annotations
+
+import sys
+
+from rnnlab import __version__
+from rnnlab.cli import evaluate, sample, train
+from rnnlab.cli.common import Parser, fail
+from rnnlab.errors import UserError
+
+COMMANDS = {"train": train, "sample": sample, "eval": evaluate}
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="rnnlab", description="Recurrent neural networks you can see into.")
+    parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in COMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except UserError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        print("rnnlab: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

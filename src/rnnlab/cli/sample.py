@@ -1,0 +1,66 @@
+"""``rnnlab sample``: generate text from a trained checkpoint."""
+
+from __future__ import annotations
+
+import torch
+
+from rnnlab.cli.common import nonnegative_int, positive_float
+from rnnlab.errors import UserError
+from rnnlab.training.checkpoint import load_checkpoint
+
+HELP = "generate text from a checkpoint (a run directory or its best/ or last/)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run directory or checkpoint")
+    p.add_argument(
+        "--prime",
+        default="",
+        metavar="TEXT",
+        help="text that sets the state before sampling (default: a newline)",
+    )
+    p.add_argument(
+        "--length",
+        type=nonnegative_int,
+        metavar="N",
+        default=500,
+        help="tokens to generate (default: %(default)s)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=positive_float,
+        metavar="X",
+        default=0.8,
+        help="divide the logits by this; lower is more conservative (default: %(default)s)",
+    )
+    p.add_argument(
+        "--greedy",
+        action="store_true",
+        help="take the most likely token each step (the MAP estimate)",
+    )
+    p.add_argument(
+        "--seed", type=int, metavar="N", default=None, help="seed for reproducible samples"
+    )
+
+
+def run(a) -> int:
+    model, vocab, _, _ = load_checkpoint(a.checkpoint)
+    if a.prime:
+        missing = vocab.unknown(a.prime)
+        if missing:
+            listed = ", ".join(repr(c) for c in missing)
+            raise UserError(f"--prime has characters outside the vocabulary: {listed}")
+        prime = vocab.encode(a.prime)
+        if not prime:
+            raise UserError("--prime holds no tokens")
+        shown = a.prime
+    else:
+        prime = [vocab.index.get("\n", 0)]
+        shown = ""
+    generator = torch.Generator()
+    generator.manual_seed(a.seed if a.seed is not None else torch.seed())
+    out = model.generate(prime, a.length, a.temperature, a.greedy, generator)
+    text = vocab.decode(out)
+    joiner = " " if vocab.kind == "word" and shown and text else ""
+    print(shown + joiner + text)
+    return 0

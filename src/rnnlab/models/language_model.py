@@ -1,0 +1,148 @@
+r"""Recurrent language model: tokens -> embedding -> recurrent stack -> linear -> softmax.
+
+Seed 000's language model: a token :math:`x_t` (one-hot) is embedded as :math:`e_t = E x_t`
+(or fed as the one-hot vector itself, as in seed 002's "hello" example, with
+``embedding_dim=0``), the recurrent stack turns the embeddings into hidden states
+:math:`h_t`, and the output layer gives :math:`\hat y_t = \mathrm{softmax}(U h_t + b)`, the
+distribution of the next token.  The loss is the cross entropy
+:math:`-\log \hat y_t[x_{t+1}]`, summed over steps and divided by the number of
+predicted tokens: nats per token.
+
+>>> import torch
+>>> from rnnlab.models import LanguageModel, ModelConfig
+>>> model = LanguageModel(ModelConfig(vocab_size=10, hidden_size=16, num_layers=2))
+>>> idx = torch.randint(10, (3, 7))
+>>> logits, loss, state = model(idx, targets=idx)
+>>> tuple(logits.shape), loss.dim(), tuple(state[0].shape)
+((3, 7, 10), 0, (2, 3, 16))
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnlab.cells.elman import NONLINEARITIES
+from rnnlab.layers import BACKENDS, LSTM, RNN
+
+CELLS = ("lstm", "rnn")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a language model. Saved in every checkpoint as JSON.
+
+    vocab_size: number of tokens (0 in a training config: set from the vocabulary).
+    cell: ``lstm`` or ``rnn`` (Elman).
+    hidden_size: units per recurrent layer.
+    num_layers: recurrent layers stacked (seed 003's deep RNN).
+    embedding_dim: size of the token embedding; 0 feeds one-hot vectors.
+    dropout: dropout between recurrent layers and before the output layer.
+    nonlinearity: Elman activation (tanh, sigmoid, relu); ignored by the LSTM.
+    backend: ``fused`` (hand-derived BPTT) or ``reference`` (autograd through steps).
+    """
+
+    vocab_size: int
+    cell: str = "lstm"
+    hidden_size: int = 256
+    num_layers: int = 2
+    embedding_dim: int = 64
+    dropout: float = 0.0
+    nonlinearity: str = "tanh"
+    backend: str = "fused"
+
+    def __post_init__(self):
+        if self.vocab_size < 0:
+            raise ValueError(f"vocab_size must be >= 0 (0: from the data); got {self.vocab_size}")
+        for name in ("hidden_size", "num_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+        if self.embedding_dim < 0:
+            raise ValueError(f"embedding_dim must be >= 0; got {self.embedding_dim}")
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}; got {self.cell!r}")
+        if self.nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class LanguageModel(nn.Module):
+    """Next-token model; ``forward(idx, state=None, targets=None) -> (logits, loss, state)``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        V, E, H = config.vocab_size, config.embedding_dim, config.hidden_size
+        if V < 1:
+            raise ValueError("config.vocab_size must be set (>= 1) to build a model")
+        self.embedding = nn.Embedding(V, E) if E > 0 else None
+        kwargs = dict(num_layers=config.num_layers, dropout=config.dropout, backend=config.backend)
+        if config.cell == "lstm":
+            self.rnn = LSTM(E or V, H, **kwargs)
+        else:
+            self.rnn = RNN(E or V, H, nonlinearity=config.nonlinearity, **kwargs)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(H, V)
+
+    def _inputs(self, idx_tm: Tensor) -> Tensor:
+        if self.embedding is not None:
+            return self.embedding(idx_tm)
+        return F.one_hot(idx_tm, self.config.vocab_size).to(self.head.weight.dtype)
+
+    def forward(self, idx: Tensor, state=None, targets: Tensor | None = None):
+        """``idx`` and ``targets``: (N, T) token ids. Returns logits (N, T, V), the mean
+        cross entropy in nats (None without targets) and the final recurrent state."""
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (batch, time); got shape {tuple(idx.shape)}")
+        x = self._inputs(idx.t())  # time-major (T, N, E) keeps each step contiguous
+        hs, state = self.rnn(x, state)
+        logits = self.head(self.drop(hs)).transpose(0, 1)  # (N, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss, state
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prime: list[int],
+        length: int,
+        temperature: float = 1.0,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> list[int]:
+        """Prime the state with ``prime`` (token ids, at least one), then draw ``length``
+        tokens one at a time from softmax(logits / temperature), or the argmax if
+        ``greedy`` (seed 003's sampling).  Returns the new tokens only."""
+        if not prime:
+            raise ValueError("prime must hold at least one token")
+        if length < 0:
+            raise ValueError(f"length must be >= 0; got {length}")
+        if not greedy and temperature <= 0:
+            raise ValueError(f"temperature must be positive; got {temperature}")
+        was_training = self.training
+        self.eval()
+        device = self.head.weight.device
+        idx = torch.tensor([prime], device=device)
+        logits, _, state = self(idx)
+        out = []
+        for _ in range(length):
+            last = logits[0, -1]
+            if greedy:
+                token = int(last.argmax())
+            else:
+                probs = torch.softmax(last.double() / temperature, dim=-1)
+                token = int(torch.multinomial(probs, 1, generator=generator))
+            out.append(token)
+            logits, _, state = self(torch.tensor([[token]], device=device), state)
+        self.train(was_training)
+        return out

@@ -1,0 +1,313 @@
+"""The command line as a user runs it: train, sample, eval, and every bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rnnlab.cli.main import main
+
+TEXT = (
+    "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 30
+)
+TINY = [
+    "--hidden",
+    "16",
+    "--layers",
+    "1",
+    "--embedding",
+    "8",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--no-progress",
+]
+
+
+def run_cli(capsys, *argv):
+    """Run ``rnnlab argv`` in-process; return (exit code, stdout, stderr)."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "hamlet.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "hamlet"
+    code = main(
+        [
+            "train",
+            "--data",
+            str(corpus),
+            *TINY,
+            "--max-steps",
+            "30",
+            "--eval-interval",
+            "15",
+            "--sample-length",
+            "20",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_train_writes_checkpoints_metrics_and_prints_progress(run_dir):
+    for name in ("best", "last"):
+        assert (run_dir / name / "model.safetensors").exists()
+        assert (run_dir / name / "checkpoint.json").exists()
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [15, 30]
+    assert json.loads((run_dir / "config.json").read_text())["optim"]["max_steps"] == 30
+
+
+def test_train_output_reports_loss_and_a_sample(corpus, tmp_path, capsys):
+    code, out, _ = run_cli(
+        capsys,
+        "train",
+        "--data",
+        corpus,
+        *TINY,
+        "--max-steps",
+        "4",
+        "--eval-interval",
+        "2",
+        "--out",
+        tmp_path / "r",
+    )
+    assert code == 0
+    assert "nats/char" in out and "bits/char" in out and "chars/s" in out
+    assert "best validation loss" in out and "--- sample" in out
+    assert "config:" in out
+
+
+def test_sample_is_reproducible_with_a_seed(run_dir, capsys):
+    args = ("sample", run_dir, "--prime", "To be", "--length", "40", "--seed", "5")
+    code, first, _ = run_cli(capsys, *args)
+    assert code == 0 and first.startswith("To be") and len(first.rstrip("\n")) >= 40
+    assert run_cli(capsys, *args)[1] == first
+    code, greedy, _ = run_cli(capsys, "sample", run_dir / "last", "--greedy", "--length", "10")
+    assert (
+        code == 0
+        and greedy == run_cli(capsys, "sample", run_dir / "last", "--greedy", "--length", "10")[1]
+    )
+
+
+def test_eval_prints_nats_and_bits(run_dir, corpus, capsys):
+    code, out, _ = run_cli(capsys, "eval", run_dir)
+    assert code == 0
+    nats = float(out.split("validation loss: ")[1].split()[0])
+    bits = float(out.split("(")[-1].split()[0])
+    assert abs(bits - nats / 0.6931471805599453) < 1e-3
+    code, out, _ = run_cli(capsys, "eval", run_dir, "--data", corpus)
+    assert code == 0 and str(corpus) in out
+
+
+def test_word_tokens(corpus, tmp_path, capsys):
+    code, out, _ = run_cli(
+        capsys,
+        "train",
+        "--data",
+        corpus,
+        "--tokens",
+        "word",
+        "--vocab-size",
+        "12",
+        *TINY[:-5],
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "8",
+        "--no-progress",
+        "--max-steps",
+        "3",
+        "--out",
+        tmp_path / "w",
+    )
+    assert code == 0 and "nats/word" in out
+    code, out, _ = run_cli(
+        capsys, "sample", tmp_path / "w", "--prime", "to be", "--length", "5", "--seed", "1"
+    )
+    assert code == 0 and out.startswith("to be ")
+
+
+# -- bad input: one line on stderr, exit status 2, nothing written --------------------------
+
+
+def expect_train_error(capsys, tmp_path, data, *fragments, extra=()):
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        capsys, "train", "--data", data, *TINY, "--max-steps", "2", "--out", out, *extra
+    )
+    assert_one_line_error(code, err, *fragments)
+    assert not out.exists(), "a failed run must not leave a run directory behind"
+
+
+def test_missing_data_file(capsys, tmp_path):
+    expect_train_error(capsys, tmp_path, tmp_path / "nope.txt", "not found", "nope.txt")
+
+
+def test_unreadable_data_file(capsys, tmp_path, monkeypatch):
+    path = tmp_path / "secret.txt"
+    path.write_text("abc")
+
+    def denied(self):  # chmod 0 does not stop root, so make the read fail as it would
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    expect_train_error(capsys, tmp_path, path, "cannot read", "Permission denied")
+
+
+def test_data_path_is_a_directory(capsys, tmp_path):
+    expect_train_error(capsys, tmp_path, tmp_path, "directory")
+
+
+def test_empty_data_file(capsys, tmp_path):
+    path = tmp_path / "empty.txt"
+    path.write_bytes(b"")
+    expect_train_error(capsys, tmp_path, path, "empty")
+
+
+def test_invalid_utf8_names_the_offset(capsys, tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(b"caf" + b"\xe9 au lait")
+    expect_train_error(capsys, tmp_path, path, "not valid UTF-8", "byte offset 3")
+
+
+def test_text_shorter_than_one_batch(capsys, tmp_path):
+    path = tmp_path / "short.txt"
+    path.write_text("x" * 50)
+    # 4 streams x 16 steps + 1 = 65 training characters, so 73 in all with 10% held out
+    expect_train_error(capsys, tmp_path, path, "text too short", "65 characters", "73")
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--hidden", "0"),
+        ("--layers", "-1"),
+        ("--seq-len", "0"),
+        ("--batch-size", "-4"),
+        ("--lr", "0"),
+        ("--max-time", "-5"),
+        ("--max-steps", "0"),
+        ("--embedding", "-1"),
+        ("--dropout", "1.5"),
+        ("--hidden", "many"),
+    ],
+)
+def test_non_positive_sizes(capsys, tmp_path, corpus, flag, value):
+    expect_train_error(capsys, tmp_path, corpus, flag, value, extra=(flag, value))
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--temperature", "0"), ("--temperature", "-1"), ("--length", "-3")]
+)
+def test_bad_sampling_numbers(capsys, run_dir, flag, value):
+    code, _, err = run_cli(capsys, "sample", run_dir, flag, value)
+    assert_one_line_error(code, err, flag, value)
+
+
+def test_prime_outside_the_vocabulary_lists_the_characters(capsys, run_dir):
+    code, _, err = run_cli(capsys, "sample", run_dir, "--prime", "To be Zé")
+    assert_one_line_error(code, err, "--prime", "'Z'", "'é'")
+
+
+def test_missing_checkpoint(capsys, tmp_path):
+    for command in ("sample", "eval"):
+        code, _, err = run_cli(capsys, command, tmp_path / "nothing")
+        assert_one_line_error(code, err, "checkpoint not found")
+
+
+def test_incomplete_checkpoint(capsys, run_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "checkpoint.json").write_text((run_dir / "best" / "checkpoint.json").read_text())
+    code, _, err = run_cli(capsys, "sample", broken)
+    assert_one_line_error(code, err, "incomplete checkpoint", "model.safetensors")
+
+
+def test_checkpoint_from_an_incompatible_version(capsys, run_dir, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in (run_dir / "best").iterdir():
+        (old / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((old / "checkpoint.json").read_text())
+    meta["version"] = 0
+    (old / "checkpoint.json").write_text(json.dumps(meta))
+    code, _, err = run_cli(capsys, "eval", old)
+    assert_one_line_error(code, err, "format version 0")
+
+
+def test_eval_on_text_with_unknown_characters(capsys, run_dir, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("Zebra XYZ")
+    code, _, err = run_cli(capsys, "eval", run_dir, "--data", other)
+    assert_one_line_error(code, err, "outside the model's vocabulary", "'Z'")
+
+
+def test_ctrl_c_saves_a_checkpoint_before_exiting(corpus, tmp_path):
+    out = tmp_path / "interrupted"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rnnlab",
+            "train",
+            "--data",
+            str(corpus),
+            *TINY,
+            "--max-time",
+            "120",
+            "--eval-interval",
+            "1",
+            "--sample-length",
+            "0",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "interrupted at step" in output and "Traceback" not in output
+    info = json.loads(Path(out / "last" / "checkpoint.json").read_text())
+    assert info["step"] >= 2
+    assert main(["eval", str(out / "last")]) == 0
