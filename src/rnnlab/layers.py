@@ -1,20 +1,29 @@
 """Sequence layers: stacks of recurrent cells, shaped and named like ``torch.nn``.
 
-``RNN`` (Elman) and ``LSTM`` take the constructor arguments and inputs of their
+``RNN`` (Elman), ``LSTM`` and ``GRU`` take the constructor arguments and inputs of their
 ``torch.nn`` namesakes and hold parameters under the same names (``weight_ih_l0``,
-``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, ...), so a ``state_dict`` moves
-between rnnlab and ``torch.nn`` unchanged.
+``weight_hh_l0_reverse``, ``weight_hr_l1``, ...), so a ``state_dict`` moves between rnnlab
+and ``torch.nn`` unchanged; ``from_torch`` and ``to_torch`` convert whole modules.
 
-Each layer of the stack runs its whole sequence through one cell-family function; the
-``backend`` argument picks which:
+What the driver adds around a cell's whole-sequence function:
 
-* ``"fused"`` (default): the ``torch.autograd.Function`` of the cell file, whose forward
-  runs the whole sequence and whose backward is BPTT written by hand;
-* ``"reference"``: the cell's reference step in a Python loop; autograd differentiates it.
+* **stacking** (``num_layers``), with dropout on the outputs of every layer but the last;
+* **bidirectional** layers: a forward pass and a pass over the reversed sequence, outputs
+  concatenated as ``[forward, backward]``; states indexed ``layer * 2 + direction``;
+* **variable lengths** (``lengths=``, ``mask=`` or a ``PackedSequence``): padded steps
+  neither change the state nor receive gradient; each sequence's final state is the state
+  at its own last real step; the reverse direction starts at each sequence's own last real
+  step.  The batch is sorted by length and cut into time segments in which the set of live
+  sequences is constant; each segment is one call of the cell's fused function over the
+  live rows, so every cell family gets lengths without code of its own.
 
-Shapes (``batch_first=False``): input (T, N, I) -> output (T, N, H); with
-``batch_first=True`` input and output are (N, T, .).  A 2-D input (T, I) is an unbatched
-sequence.  States are always (num_layers, N, H), as in ``torch.nn``.
+Each layer's ``backend`` picks the cell function: ``"fused"`` (default; the
+``torch.autograd.Function`` with hand-derived BPTT) or ``"reference"`` (the reference step
+in a Python loop, differentiated by autograd).
+
+Shapes (``batch_first=False``): input (T, N, I) -> output (T, N, D*H_out), D = 2 if
+bidirectional else 1; with ``batch_first=True`` input and output are (N, T, .).  A 2-D input
+(T, I) is one unbatched sequence.  States are (D*num_layers, N, H) as in ``torch.nn``.
 
 >>> import torch
 >>> from rnnlab import LSTM
@@ -22,17 +31,21 @@ sequence.  States are always (num_layers, N, H), as in ``torch.nn``.
 >>> out, (h, c) = lstm(torch.randn(4, 7, 3))
 >>> tuple(out.shape), tuple(h.shape), tuple(c.shape)
 ((4, 7, 5), (2, 4, 5), (2, 4, 5))
+>>> bi = LSTM(3, 5, bidirectional=True)
+>>> out, (h, c) = bi(torch.randn(7, 4, 3), lengths=[7, 3, 5, 1])
+>>> tuple(out.shape), tuple(h.shape), bool((out[3:, 1] == 0).all())  # padding stays zero
+((7, 4, 10), (2, 4, 5), True)
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnlab.cells.elman import check_nonlinearity, elman_sequence, elman_sequence_reference
 from rnnlab.cells.lstm import lstm_sequence, lstm_sequence_reference
+from rnnlab.init import Init, apply_init
 
 BACKENDS = ("fused", "reference")
 
@@ -43,15 +56,114 @@ def _check_positive_int(name: str, value) -> int:
     return value
 
 
-class _Stack(nn.Module):
-    """Common plumbing of a stack of recurrent layers: parameters, shapes, dropout.
+# -- lengths and reversal ---------------------------------------------------------------------
 
-    A subclass sets ``gate_count`` (rows of W per hidden unit), ``state_count`` (tensors
-    in the state: 1 for h, 2 for (h, c)) and implements ``_run_layer``.
+
+def lengths_from_mask(mask: Tensor, time_dim: int) -> Tensor:
+    """Lengths from a boolean mask whose True entries form a prefix of each sequence."""
+    mask = torch.as_tensor(mask).bool()
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be 2-D (time and batch); got shape {tuple(mask.shape)}")
+    m = mask if time_dim == 0 else mask.t()
+    lengths = m.sum(0)
+    prefix = torch.arange(m.shape[0], device=m.device).unsqueeze(1) < lengths.to(m.device)
+    if not torch.equal(prefix, m):
+        raise ValueError("mask must be True on a prefix of each sequence (padding at the end)")
+    return lengths
+
+
+def check_lengths(lengths, batch: int, steps: int, enforce_sorted: bool = False) -> Tensor:
+    """Validate ``lengths`` (N,) of ints in [1, steps]; returned as a CPU int64 tensor."""
+    lengths = torch.as_tensor(lengths)
+    if lengths.dim() == 0:
+        lengths = lengths.unsqueeze(0)
+    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be integers; got dtype {lengths.dtype}")
+    lengths = lengths.to("cpu", torch.int64)
+    if tuple(lengths.shape) != (batch,):
+        raise ValueError(
+            f"lengths must have shape ({batch},), one per sequence; got {tuple(lengths.shape)}"
+        )
+    if (lengths < 1).any():
+        raise ValueError(f"lengths must be positive; got {lengths.tolist()}")
+    if (lengths > steps).any():
+        raise ValueError(
+            f"lengths must not exceed the sequence length {steps}; got max {int(lengths.max())}"
+        )
+    if enforce_sorted and (lengths[1:] > lengths[:-1]).any():
+        raise ValueError(
+            f"lengths must be sorted in decreasing order when enforce_sorted=True; "
+            f"got {lengths.tolist()}"
+        )
+    return lengths
+
+
+def reverse_time(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence of ``x`` (T, N, ...) within its own length; padding stays put."""
+    if lengths is None:
+        return x.flip(0)
+    T, N = x.shape[:2]
+    t = torch.arange(T, device=x.device).unsqueeze(1)
+    L = lengths.to(x.device).unsqueeze(0)
+    index = torch.where(t < L, L - 1 - t, t)
+    index = index.view(T, N, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(0, index)
+
+
+def run_segments(run, x, state, lengths, steps=None, rows=None):
+    """Run ``run(x, state, steps, rows) -> (out, final)`` over variable-length sequences.
+
+    ``steps``: dict of per-step tensors (T, N, ...) cut like ``x``; ``rows``: dict of
+    per-sequence tensors (N, ...).  With ``lengths`` None this is one call.  Otherwise the
+    batch is sorted by length and each time segment where the live set is constant is one
+    call over the live rows; finished rows keep their state, padded outputs are zero.
+    """
+    steps, rows = steps or {}, rows or {}
+    if lengths is None:
+        return run(x, state, steps, rows)
+    T, N = x.shape[:2]
+    order = torch.argsort(lengths, descending=True, stable=True).to(x.device)
+    inverse = torch.argsort(order)
+    sorted_lengths = lengths[order.cpu()].tolist()
+    x = x[:, order]
+    state = tuple(s[order] for s in state)
+    steps = {k: v[:, order] for k, v in steps.items()}
+    rows = {k: v[order] for k, v in rows.items()}
+    outs, t0 = [], 0
+    for end in sorted(set(sorted_lengths)):
+        live = sum(1 for n in sorted_lengths if n >= end)
+        seg_out, final = run(
+            x[t0:end, :live],
+            tuple(s[:live] for s in state),
+            {k: v[t0:end, :live] for k, v in steps.items()},
+            {k: v[:live] for k, v in rows.items()},
+        )
+        state = tuple(torch.cat([f, s[live:]]) for f, s in zip(final, state, strict=True))
+        if live < N:
+            seg_out = torch.cat(
+                [seg_out, seg_out.new_zeros(end - t0, N - live, *seg_out.shape[2:])], 1
+            )
+        outs.append(seg_out)
+        t0 = end
+    if t0 < T:
+        outs.append(outs[-1].new_zeros(T - t0, *outs[-1].shape[1:]))
+    out = torch.cat(outs)[:, inverse]
+    return out, tuple(s[inverse] for s in state)
+
+
+# -- the stack ----------------------------------------------------------------------------------
+
+
+class _Stack(nn.Module):
+    """Common plumbing of a stack of recurrent layers: parameters, shapes, directions, lengths.
+
+    A subclass sets ``gate_count`` (rows of W per hidden unit) and ``state_names``, may add
+    parameters through ``_extra_parameters``, and implements ``_run_direction``.
     """
 
     gate_count = 1
-    state_count = 1
+    state_names: tuple[str, ...] = ("h",)
+    torch_class: type[nn.Module] | None = None
 
     def __init__(
         self,
@@ -61,7 +173,9 @@ class _Stack(nn.Module):
         bias: bool = True,
         batch_first: bool = False,
         dropout: float = 0.0,
+        bidirectional: bool = False,
         backend: str = "fused",
+        init: str | Init = "uniform",
         device=None,
         dtype=None,
     ):
@@ -69,41 +183,71 @@ class _Stack(nn.Module):
         self.input_size = _check_positive_int("input_size", input_size)
         self.hidden_size = _check_positive_int("hidden_size", hidden_size)
         self.num_layers = _check_positive_int("num_layers", num_layers)
-        if not 0.0 <= float(dropout) < 1.0:
+        if isinstance(dropout, bool) or not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
         self.backend = backend
+        self.init = Init(init) if isinstance(init, str) else init
         factory = {"device": device, "dtype": dtype}
         rows = self.gate_count * hidden_size
         for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else hidden_size
-            w_ih = nn.Parameter(torch.empty(rows, layer_input, **factory))
-            w_hh = nn.Parameter(torch.empty(rows, hidden_size, **factory))
-            self.register_parameter(f"weight_ih_l{layer}", w_ih)
-            self.register_parameter(f"weight_hh_l{layer}", w_hh)
-            if self.bias:
-                self.register_parameter(
-                    f"bias_ih_l{layer}", nn.Parameter(torch.empty(rows, **factory))
-                )
-                self.register_parameter(
-                    f"bias_hh_l{layer}", nn.Parameter(torch.empty(rows, **factory))
-                )
+            layer_input = input_size if layer == 0 else self.num_directions * self.output_size
+            for suffix in self.suffixes:
+                shapes = {
+                    "weight_ih": (rows, layer_input),
+                    "weight_hh": (rows, self.recurrent_size),
+                }
+                if self.bias:
+                    shapes.update(bias_ih=(rows,), bias_hh=(rows,))
+                shapes.update(self._extra_parameters())
+                for name, shape in shapes.items():
+                    param = nn.Parameter(torch.empty(shape, **factory))
+                    self.register_parameter(f"{name}_l{layer}{suffix}", param)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """torch.nn's rule: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
+    # sizes ------------------------------------------------------------------------------
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
 
-    def layer_parameters(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of one layer (biases None if off)."""
-        get = lambda name: getattr(self, f"{name}_l{layer}", None)  # noqa: E731
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return ("", "_reverse") if self.bidirectional else ("",)
+
+    @property
+    def output_size(self) -> int:
+        """Features each direction of a layer emits (proj_size for a projected LSTM)."""
+        return self.hidden_size
+
+    @property
+    def recurrent_size(self) -> int:
+        """Size of the h that feeds back into W_hh."""
+        return self.output_size
+
+    def state_sizes(self) -> tuple[int, ...]:
+        return (self.output_size,) * len(self.state_names)
+
+    def _extra_parameters(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def reset_parameters(self) -> None:
+        """Initialise every layer with ``self.init`` (default: torch.nn's uniform rule)."""
+        apply_init(self, self.init)
+
+    def direction_parameters(self, layer: int, suffix: str = "") -> dict[str, Tensor]:
+        """The parameters of one layer and direction, by short name (``weight_ih``, ...)."""
+        tail = f"_l{layer}{suffix}"
+        return {name[: -len(tail)]: p for name, p in self.named_parameters() if name.endswith(tail)}
+
+    def layer_parameters(self, layer: int):
+        """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of one layer's forward direction."""
+        p = self.direction_parameters(layer)
+        return p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
@@ -113,13 +257,19 @@ class _Stack(nn.Module):
             s += ", batch_first=True"
         if self.dropout:
             s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        if self.init.scheme != "uniform":
+            s += f", init={self.init}"
         return s + f", backend={self.backend!r}"
 
-    # -- shapes ---------------------------------------------------------------------------
+    # inputs -----------------------------------------------------------------------------
     def _check_input(self, input: Tensor) -> tuple[Tensor, bool]:
         """Return the input as time-major (T, N, I) and whether it came unbatched."""
         if not isinstance(input, Tensor):
-            raise ValueError(f"input must be a Tensor; got {type(input).__name__}")
+            raise ValueError(
+                f"input must be a Tensor or PackedSequence; got {type(input).__name__}"
+            )
         if input.dim() not in (2, 3):
             raise ValueError(
                 f"input must be 3-D ({'N, T' if self.batch_first else 'T, N'}, input_size) "
@@ -145,25 +295,22 @@ class _Stack(nn.Module):
         return input, unbatched
 
     def _check_state(self, state, batch: int, unbatched: bool, like: Tensor) -> list[Tensor]:
-        """Validate the initial state and return it as a list of (L, N, H) tensors."""
-        L, H = self.num_layers, self.hidden_size
+        """Validate the initial state; return one (D*L, N, size) tensor per state name."""
+        count = self.num_directions * self.num_layers
+        sizes = self.state_sizes()
         if state is None:
-            zeros = like.new_zeros(L, batch, H)
-            return [zeros] * self.state_count
+            return [like.new_zeros(count, batch, size) for size in sizes]
         parts = [state] if isinstance(state, Tensor) else list(state)
-        if len(parts) != self.state_count:
-            raise ValueError(
-                f"state must be {'a tensor h' if self.state_count == 1 else 'a tuple (h, c)'}; "
-                f"got {len(parts)} tensors"
-            )
-        expected = (L, H) if unbatched else (L, batch, H)
+        if len(parts) != len(sizes):
+            want = "a tensor h" if len(sizes) == 1 else f"a tuple ({', '.join(self.state_names)})"
+            raise ValueError(f"state must be {want}; got {len(parts)} tensors")
         out = []
-        for name, s in zip("hc", parts, strict=False):
-            if tuple(s.shape) != expected:
-                raise ValueError(
-                    f"state {name} must have shape {expected} (num_layers, "
-                    f"{'' if unbatched else 'batch, '}hidden_size); got {tuple(s.shape)}"
-                )
+        for name, size, s in zip(self.state_names, sizes, parts, strict=True):
+            expected = (count, size) if unbatched else (count, batch, size)
+            if not isinstance(s, Tensor) or tuple(s.shape) != expected:
+                got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+                dims = "num_directions*num_layers, " + ("" if unbatched else "batch, ")
+                raise ValueError(f"state {name} must have shape {expected} ({dims}size); got {got}")
             if s.dtype != like.dtype:
                 raise ValueError(
                     f"state {name} dtype {s.dtype} does not match the input's {like.dtype}"
@@ -171,27 +318,120 @@ class _Stack(nn.Module):
             out.append(s.unsqueeze(1) if unbatched else s)
         return out
 
-    # -- the stack ------------------------------------------------------------------------
-    def forward(self, input: Tensor, state=None):
+    # forward ----------------------------------------------------------------------------
+    def forward(self, input, state=None, lengths=None, mask=None, enforce_sorted: bool = False):
+        """Run the stack. ``lengths`` (N,) or ``mask`` (same layout as the input's first two
+        dims, True on real steps) mark variable-length sequences; a ``PackedSequence`` input
+        gives a ``PackedSequence`` output. Returns ``(output, final_state)``."""
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            if lengths is not None or mask is not None:
+                raise ValueError("lengths and mask must be None for a PackedSequence input")
+            sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
+            batch_sizes = input.batch_sizes
+            input, lengths = pad_packed_sequence(input, batch_first=self.batch_first)
         x, unbatched = self._check_input(input)
-        states = self._check_state(state, x.shape[1], unbatched, x)
-        finals = [[] for _ in range(self.state_count)]
+        T, N = x.shape[:2]
+        if mask is not None:
+            if lengths is not None:
+                raise ValueError("give lengths or mask, not both")
+            lengths = lengths_from_mask(mask, 1 if (self.batch_first and not unbatched) else 0)
+        if lengths is not None:
+            lengths = check_lengths(lengths, N, T, enforce_sorted)
+            if int(lengths.min()) == T:
+                lengths = None  # every sequence is full length: the plain path
+        states = self._check_state(state, N, unbatched, x)
+        finals = [[] for _ in states]
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout and self.training:
                 x = nn.functional.dropout(x, self.dropout, training=True)
-            layer_state = tuple(s[layer] for s in states)
-            x, final = self._run_layer(x, layer_state, self.layer_parameters(layer))
-            for k, f in enumerate(final):
-                finals[k].append(f)
+            outs = []
+            for d, suffix in enumerate(self.suffixes):
+                index = layer * self.num_directions + d
+                params = self.direction_parameters(layer, suffix)
+                s0 = tuple(s[index] for s in states)
+                xin = x if d == 0 else reverse_time(x, lengths)
+                out, final = self._run_layer(xin, s0, params, lengths)
+                outs.append(out if d == 0 else reverse_time(out, lengths))
+                for k, f in enumerate(final):
+                    finals[k].append(f)
+            x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         finals = [torch.stack(f) for f in finals]
         if unbatched:
             x, finals = x.squeeze(1), [f.squeeze(1) for f in finals]
         elif self.batch_first:
             x = x.transpose(0, 1)
-        return x, (finals[0] if self.state_count == 1 else tuple(finals))
+        final = finals[0] if len(finals) == 1 else tuple(finals)
+        if packed:
+            x = _repack(x, lengths, batch_sizes, sorted_indices, unsorted_indices, self.batch_first)
+        return x, final
 
-    def _run_layer(self, x: Tensor, state: tuple[Tensor, ...], params) -> tuple[Tensor, tuple]:
+    def _run_layer(self, x, state, params, lengths):
+        """One direction of one layer over (T, N, I), honouring lengths."""
+        return run_segments(
+            lambda xs, st, _steps, _rows: self._run_direction(xs, st, params), x, state, lengths
+        )
+
+    def _run_direction(self, x: Tensor, state: tuple[Tensor, ...], params: dict):
+        """Full-length run of one direction: ``(out (T, N, H_out), final state tuple)``."""
         raise NotImplementedError
+
+    # conversion -------------------------------------------------------------------------
+    def _torch_kwargs(self) -> dict:
+        return dict(
+            input_size=self.input_size,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            bias=self.bias,
+            batch_first=self.batch_first,
+            dropout=self.dropout,
+            bidirectional=self.bidirectional,
+        )
+
+    def to_torch(self) -> nn.Module:
+        """The equivalent ``torch.nn`` module, holding copies of these weights."""
+        if self.torch_class is None:
+            raise ValueError(f"{type(self).__name__} has no torch.nn counterpart")
+        p = next(self.parameters())
+        module = self.torch_class(**self._torch_kwargs(), device=p.device, dtype=p.dtype)
+        module.load_state_dict(self.state_dict())
+        return module
+
+    @classmethod
+    def _kwargs_from_torch(cls, module: nn.Module) -> dict:
+        return dict(
+            input_size=module.input_size,
+            hidden_size=module.hidden_size,
+            num_layers=module.num_layers,
+            bias=module.bias,
+            batch_first=module.batch_first,
+            dropout=float(module.dropout),
+            bidirectional=module.bidirectional,
+        )
+
+    @classmethod
+    def from_torch(cls, module: nn.Module, **kwargs):
+        """An rnnlab layer equal to ``module`` (a ``torch.nn`` RNN/LSTM/GRU), weights copied."""
+        if cls.torch_class is None or not isinstance(module, cls.torch_class):
+            want = cls.torch_class.__name__ if cls.torch_class else "nothing"
+            raise ValueError(
+                f"{cls.__name__}.from_torch takes a torch.nn.{want}; got {type(module).__name__}"
+            )
+        p = next(module.parameters())
+        layer = cls(**cls._kwargs_from_torch(module), **kwargs, device=p.device, dtype=p.dtype)
+        layer.load_state_dict(module.state_dict())
+        return layer
+
+
+def _repack(x, lengths, batch_sizes, sorted_indices, unsorted_indices, batch_first):
+    """Pack a padded output exactly as torch.nn packs its own (same sort order)."""
+    if lengths is None:  # every sequence was full length
+        lengths = torch.full((x.shape[0 if batch_first else 1],), x.shape[1 if batch_first else 0])
+    if sorted_indices is not None:
+        x = x.index_select(0 if batch_first else 1, sorted_indices.to(x.device))
+        lengths = lengths[sorted_indices.cpu()]
+    data = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=True).data
+    return PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
 
 
 class RNN(_Stack):
@@ -199,8 +439,10 @@ class RNN(_Stack):
 
     Arguments as ``torch.nn.RNN``; ``nonlinearity`` may be ``"tanh"`` (default),
     ``"relu"`` or ``"sigmoid"`` (the last one ``torch.nn`` lacks).
-    Returns ``(output, h_n)`` with ``h_n`` of shape (num_layers, N, H).
+    Returns ``(output, h_n)`` with ``h_n`` of shape (D*num_layers, N, H).
     """
+
+    torch_class = nn.RNN
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", **kwargs):
         self.nonlinearity = check_nonlinearity(nonlinearity)
@@ -209,23 +451,54 @@ class RNN(_Stack):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", nonlinearity={self.nonlinearity!r}"
 
-    def _run_layer(self, x, state, params):
+    def _run_direction(self, x, state, params):
         run = elman_sequence if self.backend == "fused" else elman_sequence_reference
-        hs = run(x, state[0], *params, self.nonlinearity)
+        p = params
+        hs = run(
+            x,
+            state[0],
+            p["weight_ih"],
+            p["weight_hh"],
+            p.get("bias_ih"),
+            p.get("bias_hh"),
+            self.nonlinearity,
+        )
         return hs, (hs[-1],)
+
+    def _torch_kwargs(self) -> dict:
+        if self.nonlinearity == "sigmoid":
+            raise ValueError("torch.nn.RNN has no sigmoid nonlinearity; cannot convert")
+        return {**super()._torch_kwargs(), "nonlinearity": self.nonlinearity}
+
+    @classmethod
+    def _kwargs_from_torch(cls, module) -> dict:
+        return {**super()._kwargs_from_torch(module), "nonlinearity": module.nonlinearity}
 
 
 class LSTM(_Stack):
     r"""LSTM stack with ``torch.nn.LSTM``'s gates (i, f, g, o), layout and names.
 
-    Returns ``(output, (h_n, c_n))``, each state of shape (num_layers, N, H).
+    Returns ``(output, (h_n, c_n))``, each state of shape (D*num_layers, N, H).
     The equations and the hand-derived backward are in :mod:`rnnlab.cells.lstm`.
     """
 
     gate_count = 4
-    state_count = 2
+    state_names = ("h", "c")
+    torch_class = nn.LSTM
 
-    def _run_layer(self, x, state, params):
+    def state_sizes(self) -> tuple[int, ...]:
+        return (self.output_size, self.hidden_size)
+
+    def _run_direction(self, x, state, params):
         run = lstm_sequence if self.backend == "fused" else lstm_sequence_reference
-        hs, cs = run(x, state[0], state[1], *params)
+        p = params
+        hs, cs = run(
+            x,
+            state[0],
+            state[1],
+            p["weight_ih"],
+            p["weight_hh"],
+            p.get("bias_ih"),
+            p.get("bias_hh"),
+        )
         return hs, (hs[-1], cs[-1])
