@@ -74,7 +74,9 @@ def run_and_grads(module, x, state, lengths, packed, batch_first, weights):
     else:
         out, final = module(x, state)
     finals = states_of(final)
-    loss = (out * weights[0]).sum() + sum((f * w).sum() for f, w in zip(finals, weights[1:]))
+    loss = (out * weights[0]).sum() + sum(
+        (f * w).sum() for f, w in zip(finals, weights[1:], strict=True)
+    )
     grads = torch.autograd.grad(loss, [x, *states_of(state), *params])
     return out, finals, grads
 
