@@ -8,6 +8,7 @@ import pytest
 MODULES = [
     "rnnlab.cells.elman",
     "rnnlab.cells.lstm",
+    "rnnlab.cells.gru",
     "rnnlab.layers",
     "rnnlab.data.vocab",
     "rnnlab.data.batching",

@@ -19,7 +19,7 @@ def small_model(cell="lstm", embedding_dim=8, **kw):
     return LanguageModel(cfg).double()
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("embedding_dim", [0, 8])
 def test_forward_shapes_and_loss_is_mean_cross_entropy(cell, embedding_dim):
     model = small_model(cell, embedding_dim)
@@ -45,7 +45,7 @@ def test_one_hot_input_equals_identity_embedding():
     torch.testing.assert_close(model(idx)[0], expected, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_state_carried_across_chunks_equals_one_pass(cell):
     model = small_model(cell)
     idx = torch.randint(11, (4, 30))
@@ -109,7 +109,7 @@ def hello_config(tmp_path, cell="lstm"):
     )
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_seed_example_hello(tmp_path, cell):
     """Seed 002/003: from h, e, l, l predict e, l, l, o; greedy from 'h' prints 'hello'."""
     result = train(hello_config(tmp_path, cell), text="hello", log=lambda m: None)

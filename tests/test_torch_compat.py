@@ -18,6 +18,7 @@ CELLS = {
     "rnn-tanh": (rnnlab.RNN, torch.nn.RNN, {"nonlinearity": "tanh"}),
     "rnn-relu": (rnnlab.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
     "lstm": (rnnlab.LSTM, torch.nn.LSTM, {}),
+    "gru": (rnnlab.GRU, torch.nn.GRU, {}),
 }
 CONFIGS = list(
     itertools.product(
@@ -172,3 +173,5 @@ def test_from_torch_rejects_the_wrong_class_and_sigmoid_has_no_counterpart():
         rnnlab.LSTM.from_torch(torch.nn.GRU(2, 3))
     with pytest.raises(ValueError, match="sigmoid"):
         rnnlab.RNN(2, 3, nonlinearity="sigmoid").to_torch()
+    with pytest.raises(ValueError, match="cho"):
+        rnnlab.GRU(2, 3, form="cho").to_torch()

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnlab.cells.elman import check_nonlinearity, elman_sequence, elman_sequence_reference
+from rnnlab.cells.gru import check_gru_form, gru_sequence, gru_sequence_reference
 from rnnlab.cells.lstm import lstm_sequence, lstm_sequence_reference
 from rnnlab.init import Init, apply_init
 
@@ -158,7 +159,7 @@ class _Stack(nn.Module):
     """Common plumbing of a stack of recurrent layers: parameters, shapes, directions, lengths.
 
     A subclass sets ``gate_count`` (rows of W per hidden unit) and ``state_names``, may add
-    parameters through ``_extra_parameters``, and implements ``_run_direction``.
+    parameters through ``_parameter_shapes``, and implements ``_run_direction``.
     """
 
     gate_count = 1
@@ -194,18 +195,10 @@ class _Stack(nn.Module):
         self.backend = backend
         self.init = Init(init) if isinstance(init, str) else init
         factory = {"device": device, "dtype": dtype}
-        rows = self.gate_count * hidden_size
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else self.num_directions * self.output_size
             for suffix in self.suffixes:
-                shapes = {
-                    "weight_ih": (rows, layer_input),
-                    "weight_hh": (rows, self.recurrent_size),
-                }
-                if self.bias:
-                    shapes.update(bias_ih=(rows,), bias_hh=(rows,))
-                shapes.update(self._extra_parameters())
-                for name, shape in shapes.items():
+                for name, shape in self._parameter_shapes(layer_input).items():
                     param = nn.Parameter(torch.empty(shape, **factory))
                     self.register_parameter(f"{name}_l{layer}{suffix}", param)
         self.reset_parameters()
@@ -232,8 +225,13 @@ class _Stack(nn.Module):
     def state_sizes(self) -> tuple[int, ...]:
         return (self.output_size,) * len(self.state_names)
 
-    def _extra_parameters(self) -> dict[str, tuple[int, ...]]:
-        return {}
+    def _parameter_shapes(self, layer_input: int) -> dict[str, tuple[int, ...]]:
+        """Names (without ``_l{k}``) and shapes of one direction's parameters, in order."""
+        rows = self.gate_count * self.hidden_size
+        shapes = {"weight_ih": (rows, layer_input), "weight_hh": (rows, self.recurrent_size)}
+        if self.bias:
+            shapes.update(bias_ih=(rows,), bias_hh=(rows,))
+        return shapes
 
     def reset_parameters(self) -> None:
         """Initialise every layer with ``self.init`` (default: torch.nn's uniform rule)."""
@@ -502,3 +500,42 @@ class LSTM(_Stack):
             p.get("bias_hh"),
         )
         return hs, (hs[-1], cs[-1])
+
+
+class GRU(_Stack):
+    r"""GRU stack, ``torch.nn.GRU``'s gates (r, z, n), layout and names.
+
+    ``form="torch"`` (default) applies the reset gate after the recurrent matmul, as
+    cuDNN and ``torch.nn.GRU`` do; ``form="cho"`` applies it to h_{t-1} before the matmul,
+    as Cho et al. (2014) wrote it.  Returns ``(output, h_n)``.  The equations and the
+    hand-derived backward are in :mod:`rnnlab.cells.gru`.
+    """
+
+    gate_count = 3
+    torch_class = nn.GRU
+
+    def __init__(self, input_size, hidden_size, num_layers=1, form="torch", **kwargs):
+        self.form = check_gru_form(form)
+        super().__init__(input_size, hidden_size, num_layers, **kwargs)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", form={self.form!r}" if self.form != "torch" else "")
+
+    def _run_direction(self, x, state, params):
+        run = gru_sequence if self.backend == "fused" else gru_sequence_reference
+        p = params
+        hs = run(
+            x,
+            state[0],
+            p["weight_ih"],
+            p["weight_hh"],
+            p.get("bias_ih"),
+            p.get("bias_hh"),
+            self.form,
+        )
+        return hs, (hs[-1],)
+
+    def _torch_kwargs(self) -> dict:
+        if self.form != "torch":
+            raise ValueError("torch.nn.GRU computes the 'torch' form only; cannot convert 'cho'")
+        return super()._torch_kwargs()

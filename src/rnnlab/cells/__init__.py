@@ -6,9 +6,23 @@ from rnnlab.cells.elman import (
     elman_sequence_reference,
     elman_step,
 )
+from rnnlab.cells.gru import (
+    GRU_FORMS,
+    GRUFunction,
+    check_gru_form,
+    gru_sequence,
+    gru_sequence_reference,
+    gru_step,
+)
 from rnnlab.cells.lstm import LSTMFunction, lstm_sequence, lstm_sequence_reference, lstm_step
 
 __all__ = [
+    "GRU_FORMS",
+    "GRUFunction",
+    "check_gru_form",
+    "gru_sequence",
+    "gru_sequence_reference",
+    "gru_step",
     "ElmanFunction",
     "LSTMFunction",
     "elman_sequence",

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.cells.elman import NONLINEARITIES
-from rnnlab.layers import BACKENDS, LSTM, RNN
+from rnnlab.layers import BACKENDS, GRU, LSTM, RNN
 
-CELLS = ("lstm", "rnn")
+CELLS = ("lstm", "gru", "rnn")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ModelConfig:
     """Shape of a language model. Saved in every checkpoint as JSON.
 
     vocab_size: number of tokens (0 in a training config: set from the vocabulary).
-    cell: ``lstm`` or ``rnn`` (Elman).
+    cell: ``lstm``, ``gru`` or ``rnn`` (Elman).
     hidden_size: units per recurrent layer.
     num_layers: recurrent layers stacked (seed 003's deep RNN).
     embedding_dim: size of the token embedding; 0 feeds one-hot vectors.
@@ -88,6 +88,8 @@ class LanguageModel(nn.Module):
         kwargs = dict(num_layers=config.num_layers, dropout=config.dropout, backend=config.backend)
         if config.cell == "lstm":
             self.rnn = LSTM(E or V, H, **kwargs)
+        elif config.cell == "gru":
+            self.rnn = GRU(E or V, H, **kwargs)
         else:
             self.rnn = RNN(E or V, H, nonlinearity=config.nonlinearity, **kwargs)
         self.drop = nn.Dropout(config.dropout)
