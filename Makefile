@@ -19,7 +19,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/rnnlab train --out runs/demo
+	$(BIN)/rnnlab train --config demo
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests

@@ -84,7 +84,10 @@ def test_train_writes_checkpoints_metrics_and_prints_progress(run_dir):
         assert (run_dir / name / "model.safetensors").exists()
         assert (run_dir / name / "checkpoint.json").exists()
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [15, 30]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [15, 30]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 31))
+    assert all(r["grad_norm"] > 0 and r["lr"] > 0 and r["tokens_per_s"] > 0 for r in train)
     assert json.loads((run_dir / "config.json").read_text())["optim"]["max_steps"] == 30
 
 

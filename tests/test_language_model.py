@@ -135,4 +135,5 @@ def test_training_lowers_validation_loss(tmp_path):
     assert result.best_val_loss < 0.5 * math.log(len(set(text)))
     assert any("sample at step 30" in line for line in logs)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and '"val_loss"' in lines[0]
+    evals = [line for line in lines if '"kind": "eval"' in line]
+    assert len(lines) == 62 and len(evals) == 2 and '"val_loss"' in evals[0]

@@ -1,9 +1,15 @@
-"""``rnnlab train``: train a language model on a text file or the bundled corpus."""
+"""``rnnlab train``: train a language model on a text file or the bundled corpus.
+
+Settings come from the defaults, then ``--config FILE.toml`` (or a preset name), then the
+flags given on the command line; ``--resume RUN_DIR`` starts from that run's saved
+configuration instead and continues its ``last/`` checkpoint.
+"""
 
 from __future__ import annotations
 
+import argparse
 import math
-import signal
+from dataclasses import fields
 
 from rnnlab.cells.elman import NONLINEARITIES
 from rnnlab.cli.common import (
@@ -14,201 +20,309 @@ from rnnlab.cli.common import (
     positive_int,
 )
 from rnnlab.data.vocab import KINDS
+from rnnlab.errors import UserError
 from rnnlab.layers import BACKENDS
-from rnnlab.models import CELLS, ModelConfig
-from rnnlab.training import DataConfig, OptimConfig, OutputConfig, TrainConfig, train
-from rnnlab.training.checkpoint import load_checkpoint
-from rnnlab.training.config import OPTIMIZERS
+from rnnlab.models import CELLS
+from rnnlab.training import train
+from rnnlab.training.checkpoint import load_checkpoint, resolve_last
+from rnnlab.training.clipping import CLIP_MODES
+from rnnlab.training.config import GROUPS, OPTIMIZERS, TrainConfig, load_config, preset_names
+from rnnlab.training.schedules import LR_SCHEDULES
 from rnnlab.training.trainer import sample_text
 
 HELP = "train a language model (default: the bundled Tiny Shakespeare)"
 
+# flag, (group, field), argparse options, help. Defaults are read from the dataclasses.
+FLAGS = [
+    (
+        "--data",
+        ("data", "path"),
+        dict(metavar="FILE"),
+        "UTF-8 text file (default: Tiny Shakespeare)",
+    ),
+    ("--tokens", ("data", "tokens"), dict(choices=KINDS), "token unit"),
+    (
+        "--vocab-size",
+        ("data", "vocab_size"),
+        dict(type=positive_int, metavar="N"),
+        "cap on a word vocabulary, <unk> included",
+    ),
+    (
+        "--val-fraction",
+        ("data", "val_fraction"),
+        dict(type=fraction, metavar="X"),
+        "last part of the text held out for validation",
+    ),
+    ("--cell", ("model", "cell"), dict(choices=CELLS), "recurrent cell"),
+    (
+        "--nonlinearity",
+        ("model", "nonlinearity"),
+        dict(choices=NONLINEARITIES),
+        "activation of the rnn cell",
+    ),
+    ("--hidden", ("model", "hidden_size"), dict(type=positive_int, metavar="N"), "units per layer"),
+    (
+        "--layers",
+        ("model", "num_layers"),
+        dict(type=positive_int, metavar="N"),
+        "stacked recurrent layers",
+    ),
+    (
+        "--embedding",
+        ("model", "embedding_dim"),
+        dict(type=nonnegative_int, metavar="N"),
+        "embedding size; 0 feeds one-hot vectors",
+    ),
+    (
+        "--dropout",
+        ("model", "dropout"),
+        dict(type=fraction, metavar="X"),
+        "dropout between layers and before the output",
+    ),
+    (
+        "--backend",
+        ("model", "backend"),
+        dict(choices=BACKENDS),
+        "fused: hand-derived BPTT; reference: autograd",
+    ),
+    ("--optimizer", ("optim", "optimizer"), dict(choices=OPTIMIZERS), "optimiser"),
+    ("--lr", ("optim", "lr"), dict(type=positive_float, metavar="X"), "learning rate"),
+    (
+        "--momentum",
+        ("optim", "momentum"),
+        dict(type=nonnegative_float, metavar="X"),
+        "momentum (sgd, rmsprop)",
+    ),
+    ("--nesterov", ("optim", "nesterov"), dict(action="store_true"), "Nesterov momentum (sgd)"),
+    (
+        "--weight-decay",
+        ("optim", "weight_decay"),
+        dict(type=nonnegative_float, metavar="X"),
+        "the optimiser's weight decay (decoupled for adamw)",
+    ),
+    (
+        "--l1",
+        ("optim", "l1"),
+        dict(type=nonnegative_float, metavar="X"),
+        "L1 penalty on weight matrices, added to the loss",
+    ),
+    (
+        "--l2",
+        ("optim", "l2"),
+        dict(type=nonnegative_float, metavar="X"),
+        "L2 penalty on weight matrices, added to the loss",
+    ),
+    (
+        "--clip",
+        ("optim", "clip"),
+        dict(type=nonnegative_float, metavar="X"),
+        "clipping threshold; 0 disables",
+    ),
+    (
+        "--clip-mode",
+        ("optim", "clip_mode"),
+        dict(choices=CLIP_MODES),
+        "norm: rescale the global norm; value: clamp each element",
+    ),
+    (
+        "--batch-size",
+        ("optim", "batch_size"),
+        dict(type=positive_int, metavar="N"),
+        "parallel streams per batch",
+    ),
+    (
+        "--seq-len",
+        ("optim", "seq_len"),
+        dict(type=positive_int, metavar="N"),
+        "k1: steps run between updates",
+    ),
+    (
+        "--bptt",
+        ("optim", "bptt"),
+        dict(type=nonnegative_int, metavar="N"),
+        "k2 >= k1: steps the gradient flows back; 0 means --seq-len",
+    ),
+    (
+        "--max-steps",
+        ("optim", "max_steps"),
+        dict(type=positive_int, metavar="N"),
+        "stop after N updates",
+    ),
+    (
+        "--max-time",
+        ("optim", "max_time"),
+        dict(type=positive_float, metavar="S"),
+        "stop after S seconds (300 unless --max-steps is given)",
+    ),
+    (
+        "--max-nonfinite",
+        ("optim", "max_nonfinite"),
+        dict(type=positive_int, metavar="N"),
+        "stop after N updates in a row with non-finite loss or gradient",
+    ),
+    (
+        "--pascanu-alpha",
+        ("optim", "pascanu_alpha"),
+        dict(type=nonnegative_float, metavar="X"),
+        "weight of the Pascanu vanishing-gradient regulariser (rnn/pascanu cells, 1 layer)",
+    ),
+    (
+        "--pascanu-decay",
+        ("optim", "pascanu_decay"),
+        dict(type=nonnegative_float, metavar="N"),
+        "divide the regulariser weight by 1 + step / N; 0: constant",
+    ),
+    ("--schedule", ("schedule", "schedule"), dict(choices=LR_SCHEDULES), "learning-rate schedule"),
+    (
+        "--warmup",
+        ("schedule", "warmup"),
+        dict(type=nonnegative_int, metavar="N"),
+        "updates of linear warm-up",
+    ),
+    (
+        "--lr-step",
+        ("schedule", "step_size"),
+        dict(type=positive_int, metavar="N"),
+        "updates between decays (step schedule)",
+    ),
+    (
+        "--lr-gamma",
+        ("schedule", "gamma"),
+        dict(type=positive_float, metavar="X"),
+        "decay factor (step, plateau)",
+    ),
+    (
+        "--lr-patience",
+        ("schedule", "patience"),
+        dict(type=positive_int, metavar="N"),
+        "validations without improvement before a decay (plateau)",
+    ),
+    (
+        "--min-lr",
+        ("schedule", "min_lr"),
+        dict(type=nonnegative_float, metavar="X"),
+        "floor of the learning rate (cosine, plateau)",
+    ),
+    ("--out", ("output", "out"), dict(metavar="DIR"), "run directory"),
+    (
+        "--eval-interval",
+        ("output", "eval_interval"),
+        dict(type=positive_int, metavar="N"),
+        "updates between validations",
+    ),
+    (
+        "--checkpoint-interval",
+        ("output", "checkpoint_interval"),
+        dict(type=nonnegative_int, metavar="N"),
+        "updates between saves of last/; 0: at validations",
+    ),
+    (
+        "--early-stop",
+        ("output", "early_stop"),
+        dict(type=nonnegative_int, metavar="N"),
+        "stop after N validations without improvement; 0: never",
+    ),
+    (
+        "--sample-length",
+        ("output", "sample_length"),
+        dict(type=nonnegative_int, metavar="N"),
+        "tokens sampled at each validation",
+    ),
+    (
+        "--seed",
+        ("output", "seed"),
+        dict(type=int, metavar="N"),
+        "seeds data order, initialisation, dropout and samples",
+    ),
+]
+GROUP_TITLES = {
+    "data": "data",
+    "model": "model",
+    "optim": "optimisation",
+    "schedule": "learning-rate schedule",
+    "output": "output",
+}
+
+
+def _default(group: str, name: str):
+    for f in fields(GROUPS[group]):
+        if f.name == name:
+            return TrainConfig().__getattribute__(group).__getattribute__(name)
+    raise KeyError(name)
+
 
 def add_arguments(p) -> None:
-    d, m, o, out = DataConfig(), ModelConfig(vocab_size=0), OptimConfig(), OutputConfig()
-    g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="FILE", help="UTF-8 text file (default: Tiny Shakespeare)")
-    g.add_argument(
-        "--tokens", choices=KINDS, default=d.tokens, help="token unit (default: %(default)s)"
-    )
-    g.add_argument(
-        "--vocab-size",
-        type=positive_int,
-        metavar="N",
-        default=d.vocab_size,
-        help="cap on a word vocabulary, <unk> included (default: %(default)s)",
-    )
-    g.add_argument(
-        "--val-fraction",
-        type=fraction,
-        metavar="X",
-        default=d.val_fraction,
-        help="last part of the text held out for validation (default: %(default)s)",
-    )
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--cell", choices=CELLS, default=m.cell, help="recurrent cell (default: %(default)s)"
-    )
-    g.add_argument(
-        "--nonlinearity",
-        choices=NONLINEARITIES,
-        default=m.nonlinearity,
-        help="activation of the rnn cell (default: %(default)s)",
-    )
-    g.add_argument(
-        "--hidden",
-        type=positive_int,
-        metavar="N",
-        default=m.hidden_size,
-        help="units per layer (default: %(default)s)",
-    )
-    g.add_argument(
-        "--layers",
-        type=positive_int,
-        metavar="N",
-        default=m.num_layers,
-        help="stacked recurrent layers (default: %(default)s)",
-    )
-    g.add_argument(
-        "--embedding",
-        type=nonnegative_int,
-        metavar="N",
-        default=m.embedding_dim,
-        help="embedding size; 0 feeds one-hot vectors (default: %(default)s)",
-    )
-    g.add_argument(
-        "--dropout",
-        type=fraction,
-        metavar="X",
-        default=m.dropout,
-        help="dropout between layers and before the output (default: %(default)s)",
-    )
-    g.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=m.backend,
-        help="fused: hand-derived BPTT; reference: autograd (default: %(default)s)",
-    )
-    g = p.add_argument_group("optimisation")
-    g.add_argument(
-        "--optimizer", choices=OPTIMIZERS, default=o.optimizer, help="(default: %(default)s)"
-    )
-    g.add_argument(
-        "--lr",
-        type=positive_float,
-        metavar="X",
-        default=o.lr,
-        help="learning rate (default: %(default)s)",
-    )
-    g.add_argument(
-        "--momentum",
-        type=nonnegative_float,
-        metavar="X",
-        default=o.momentum,
-        help="SGD momentum (default: %(default)s)",
-    )
-    g.add_argument(
-        "--weight-decay",
-        type=nonnegative_float,
-        metavar="X",
-        default=o.weight_decay,
-        help="L2 weight decay (default: %(default)s)",
-    )
-    g.add_argument(
-        "--clip",
-        type=nonnegative_float,
-        metavar="X",
-        default=o.clip,
-        help="clip the gradient's global norm to this; 0 disables (default: %(default)s)",
-    )
-    g.add_argument(
-        "--batch-size",
-        type=positive_int,
-        metavar="N",
-        default=o.batch_size,
-        help="parallel streams per batch (default: %(default)s)",
-    )
-    g.add_argument(
-        "--seq-len",
-        type=positive_int,
-        metavar="N",
-        default=o.seq_len,
-        help="steps per chunk; gradients flow back this far (default: %(default)s)",
-    )
-    g.add_argument(
-        "--max-steps",
-        type=positive_int,
-        metavar="N",
+    p.add_argument(
+        "--config",
+        metavar="FILE",
         default=None,
-        help="stop after this many updates (default: none)",
+        help=f"TOML file or preset ({', '.join(preset_names())}); flags override it",
     )
-    g.add_argument(
-        "--max-time",
-        type=positive_float,
-        metavar="S",
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
         default=None,
-        help=f"stop after this many seconds (default: {o.max_time:g} unless --max-steps is given)",
+        help="continue that run from its last/ checkpoint (flags override its config)",
     )
-    g = p.add_argument_group("output")
-    g.add_argument(
-        "--out",
-        default=out.out,
-        metavar="DIR",
-        help="run directory for checkpoints and metrics (default: %(default)s)",
+    groups = {g: p.add_argument_group(t) for g, t in GROUP_TITLES.items()}
+    for flag, (group, name), options, text in FLAGS:
+        default = _default(group, name)
+        shown = "" if options.get("action") else f" (default: {default})"
+        groups[group].add_argument(
+            flag,
+            dest=f"{group}.{name}",
+            default=argparse.SUPPRESS,
+            help=text + shown.replace("%", "%%"),
+            **options,
+        )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--no-tensorboard",
+        action="store_true",
+        help="do not log to TensorBoard even if it is installed",
     )
-    g.add_argument(
-        "--eval-interval",
-        type=positive_int,
-        metavar="N",
-        default=out.eval_interval,
-        help="updates between validations (default: %(default)s)",
-    )
-    g.add_argument(
-        "--sample-length",
-        type=nonnegative_int,
-        metavar="N",
-        default=out.sample_length,
-        help="characters sampled at each validation (default: %(default)s)",
-    )
-    g.add_argument(
-        "--seed", type=int, metavar="N", default=out.seed, help="random seed (default: %(default)s)"
-    )
-    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def overrides_from_args(a) -> dict[str, dict]:
+    """{group: {field: value}} for exactly the flags given on the command line."""
+    changes: dict[str, dict] = {}
+    for key, value in vars(a).items():
+        if "." in key:
+            group, name = key.split(".", 1)
+            changes.setdefault(group, {})[name] = value
+    if a.no_progress:
+        changes.setdefault("output", {})["progress"] = False
+    if a.no_tensorboard:
+        changes.setdefault("output", {})["tensorboard"] = False
+    optim = changes.get("optim", {})
+    if "max_steps" in optim and "max_time" not in optim:
+        optim["max_time"] = None  # --max-steps alone means: run exactly that many updates
+    return changes
 
 
 def config_from_args(a) -> TrainConfig:
-    max_time = a.max_time
-    if max_time is None and a.max_steps is None:
-        max_time = OptimConfig().max_time
-    return TrainConfig(
-        data=DataConfig(a.data, a.tokens, a.vocab_size, a.val_fraction),
-        model=ModelConfig(
-            0, a.cell, a.hidden, a.layers, a.embedding, a.dropout, a.nonlinearity, a.backend
-        ),
-        optim=OptimConfig(
-            a.optimizer,
-            a.lr,
-            a.momentum,
-            a.weight_decay,
-            a.clip,
-            a.batch_size,
-            a.seq_len,
-            a.max_steps,
-            max_time,
-        ),
-        output=OutputConfig(a.out, a.eval_interval, a.sample_length, a.seed, not a.no_progress),
-    )
+    changes = overrides_from_args(a)
+    if a.resume is None:
+        return load_config(a.config, changes)
+    if a.config is not None:
+        raise UserError("--resume continues a run with its saved config; drop --config")
+    _, _, saved, _ = load_checkpoint(resolve_last(a.resume))
+    changes.setdefault("output", {})["out"] = a.resume
+    try:
+        return saved.updated(changes)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"invalid configuration: {exc}") from None
 
 
 def run(a) -> int:
-    # Ctrl-C must reach the loop as KeyboardInterrupt (which saves a checkpoint) even when
-    # the process was started with SIGINT ignored, as background jobs of a shell are.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    result = train(config_from_args(a))
+    config = config_from_args(a)
+    result = train(config, resume=a.resume, handle_signals=True)
     unit = "char" if result.vocab.kind == "char" else "word"
     print(
         f"trained {result.steps} steps in {result.train_seconds:.0f} s "
-        f"({result.tokens_per_second:,.0f} {unit}s/s)"
+        f"({result.tokens_per_second:,.0f} {unit}s/s); stopped by {result.stop_reason}"
     )
     if result.best_val_loss is not None:
         print(
@@ -221,5 +335,9 @@ def run(a) -> int:
     if result.steps:
         model, vocab, _, _ = load_checkpoint(result.out / "best")
         print(f"--- sample from {result.out / 'best'} ---")
-        print(sample_text(model, vocab, max(a.sample_length, 200) * 2, seed=a.seed))
+        print(
+            sample_text(
+                model, vocab, max(config.output.sample_length, 200) * 2, seed=config.output.seed
+            )
+        )
     return 0

@@ -6,6 +6,11 @@ A checkpoint is a directory::
     checkpoint.json     format and version, the TrainConfig, step and validation loss
     vocab.json          the vocabulary
 
+and, in ``last/`` (what ``rnnlab train --resume`` needs to continue exactly)::
+
+    training_state.safetensors  optimiser moments, random generator state, carried RNN state
+    training_state.json         optimiser hyper-parameters, schedule, data position, counters
+
 It is written into a temporary sibling directory and moved into place with renames, so
 a crash while writing leaves the previous checkpoint readable (the old copy is kept as
 ``.NAME.old`` until the new one is in place, and :func:`resolve` falls back to it).
@@ -20,6 +25,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -39,9 +45,16 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def save_checkpoint(
-    directory: str | Path, model: LanguageModel, config: TrainConfig, vocab: Vocabulary, **info
+    directory: str | Path,
+    model: LanguageModel,
+    config: TrainConfig,
+    vocab: Vocabulary,
+    training_state: tuple[dict, dict] | None = None,
+    **info,
 ) -> Path:
-    """Write a checkpoint directory atomically; ``info`` (step, val_loss, ...) goes to JSON."""
+    """Write a checkpoint directory atomically; ``info`` (step, val_loss, ...) goes to JSON.
+
+    ``training_state`` = (tensors, json) adds the files that resumption needs."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
@@ -53,6 +66,10 @@ def save_checkpoint(
     meta = {"format": FORMAT, "version": VERSION, "rnnlab_version": __version__}
     _write_json(tmp / "checkpoint.json", {**meta, "config": config.to_json(), **info})
     _write_json(tmp / "vocab.json", vocab.to_json())
+    if training_state is not None:
+        tensors, meta = training_state
+        save_file(tensors, str(tmp / "training_state.safetensors"))
+        _write_json(tmp / "training_state.json", meta)
     for f in tmp.iterdir():  # flush file contents before the rename makes them visible
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -110,4 +127,59 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu"):
     return model, vocab, config, info
 
 
-__all__ = ["load_checkpoint", "resolve", "save_checkpoint"]
+def load_training_state(path: str | Path) -> tuple[dict, dict]:
+    """The (tensors, json) saved for resumption in a run's ``last/`` checkpoint."""
+    directory = resolve_last(path)
+    try:
+        meta = json.loads((directory / "training_state.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(directory / "training_state.safetensors"))
+    except (OSError, json.JSONDecodeError, SafetensorError) as exc:
+        raise UserError(f"cannot read the training state in {directory}: {exc}") from None
+    return tensors, meta
+
+
+def resolve_last(path: str | Path) -> Path:
+    """The resumable checkpoint of a run directory (``last/``, or its copy mid-rename)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"run directory not found: {path}")
+    for name in ("last", ".last.old", "."):
+        candidate = path / name
+        if (candidate / "training_state.json").exists():
+            return candidate if name != "." else path
+    raise UserError(f"nothing to resume in {path}: no last/ checkpoint with a training state")
+
+
+def optimizer_state(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors (safetensors) and the rest (JSON)."""
+    sd = optimizer.state_dict()
+    tensors, states = {}, {}
+    for index, state in sd["state"].items():
+        plain = {}
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                plain[key] = value
+        states[str(index)] = plain
+    return tensors, {"param_groups": sd["param_groups"], "state": states}
+
+
+def restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state = {int(i): dict(v) for i, v in meta["state"].items()}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+__all__ = [
+    "load_checkpoint",
+    "load_training_state",
+    "optimizer_state",
+    "resolve",
+    "resolve_last",
+    "restore_optimizer",
+    "save_checkpoint",
+]

@@ -1,16 +1,30 @@
 """Training configuration: frozen dataclasses, grouped, each option with its default.
 
 The whole :class:`TrainConfig` is printed at the start of a run and saved in every
-checkpoint (``checkpoint.json``), so a run can be read back and repeated.
+checkpoint (``checkpoint.json``).  It can be read from a TOML file whose tables are the
+groups (``[data]``, ``[model]``, ``[optim]``, ``[schedule]``, ``[output]``) and whose keys are
+the field names below; command-line flags override the file.  A bare name such as
+``shakespeare-30min`` picks a preset shipped with the package (``rnnlab/presets/*.toml``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
 
+from rnnlab.errors import UserError
 from rnnlab.models import ModelConfig
+from rnnlab.training.clipping import CLIP_MODES
+from rnnlab.training.schedules import ScheduleConfig
 
-OPTIMIZERS = ("adam", "sgd")
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 
 @dataclass(frozen=True)
@@ -27,34 +41,69 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """optimizer: ``adam`` or ``sgd``; lr: learning rate; momentum: SGD momentum;
-    weight_decay: L2 weight decay; clip: global gradient-norm threshold (0 disables);
-    batch_size: parallel streams B; seq_len: steps per chunk T (gradients flow back at
-    most T steps); max_steps / max_time: stop after this many updates / seconds
-    (whichever comes first; at least one must be set)."""
+    """optimizer: adam, adamw, sgd or rmsprop; lr: learning rate; momentum and nesterov:
+    for SGD (momentum also for RMSprop); weight_decay: the optimiser's decay (decoupled for
+    AdamW); l1, l2: penalties added to the loss over weight matrices; clip: threshold
+    (0 disables); clip_mode: ``norm`` (global norm, Pascanu et al. Algorithm 1) or ``value``
+    (element-wise); batch_size: parallel streams B; seq_len: k1, steps run between
+    updates; bptt: k2 >= k1, steps the gradient flows back (0: equal to seq_len);
+    max_steps / max_time: stop after this many updates / seconds (the first reached);
+    max_nonfinite: stop after this many updates in a row with a non-finite loss or gradient;
+    pascanu_alpha: weight of the Pascanu regulariser (0: off; single-layer rnn/pascanu);
+    pascanu_decay: if > 0, alpha is divided by 1 + step / pascanu_decay (a 1/t decay)."""
 
     optimizer: str = "adam"
     lr: float = 3e-3
     momentum: float = 0.0
+    nesterov: bool = False
     weight_decay: float = 0.0
+    l1: float = 0.0
+    l2: float = 0.0
     clip: float = 1.0
+    clip_mode: str = "norm"
     batch_size: int = 64
     seq_len: int = 100
+    bptt: int = 0
     max_steps: int | None = None
     max_time: float | None = 300.0
+    max_nonfinite: int = 10
+    pascanu_alpha: float = 0.0
+    pascanu_decay: float = 0.0
+
+    @property
+    def k1(self) -> int:
+        return self.seq_len
+
+    @property
+    def k2(self) -> int:
+        return self.bptt or self.seq_len
 
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """out: run directory; eval_interval: updates between validations; sample_length:
-    tokens sampled at each validation (0: none); seed: seeds initialisation, dropout and
-    sampling; progress: show a progress bar."""
+    """out: run directory; eval_interval: updates between validations; checkpoint_interval:
+    updates between saves of ``last/`` (0: at validations only); early_stop: stop after this
+    many validations without improvement (0: never); sample_length: tokens sampled at each
+    validation (0: none); seed: seeds data order, initialisation, dropout and sampling;
+    progress: show a progress bar; tensorboard: also log to TensorBoard when installed."""
 
     out: str = "runs/latest"
     eval_interval: int = 250
+    checkpoint_interval: int = 0
+    early_stop: int = 0
     sample_length: int = 200
     seed: int = 1337
     progress: bool = True
+    tensorboard: bool = True
+
+
+GROUPS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "output": OutputConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -62,19 +111,41 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(vocab_size=0))
     optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self):
         o = self.optim
         if o.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
-        for name in ("batch_size", "seq_len"):
+            raise ValueError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {o.optimizer!r}"
+            )
+        if o.clip_mode not in CLIP_MODES:
+            raise ValueError(
+                f"clip_mode must be one of {', '.join(CLIP_MODES)}; got {o.clip_mode!r}"
+            )
+        for name in ("batch_size", "seq_len", "max_nonfinite"):
             if getattr(o, name) < 1:
                 raise ValueError(f"{name} must be positive; got {getattr(o, name)}")
-        if o.lr <= 0:
-            raise ValueError(f"lr must be positive; got {o.lr}")
-        if o.clip < 0:
-            raise ValueError(f"clip must be >= 0 (0 disables clipping); got {o.clip}")
+        if o.bptt and o.bptt < o.seq_len:
+            raise ValueError(f"bptt (k2) must be >= seq_len (k1) = {o.seq_len}; got {o.bptt}")
+        for name in ("lr",):
+            if getattr(o, name) <= 0:
+                raise ValueError(f"{name} must be positive; got {getattr(o, name)}")
+        for name in (
+            "momentum",
+            "weight_decay",
+            "l1",
+            "l2",
+            "clip",
+            "bptt",
+            "pascanu_alpha",
+            "pascanu_decay",
+        ):
+            if getattr(o, name) < 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(o, name)}")
+        if o.nesterov and (o.optimizer != "sgd" or o.momentum <= 0):
+            raise ValueError("nesterov needs the sgd optimizer with momentum > 0")
         if o.max_steps is None and o.max_time is None:
             raise ValueError("set max_steps or max_time, or both")
         if o.max_steps is not None and o.max_steps < 1:
@@ -85,19 +156,80 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1); got {self.data.val_fraction}")
         if self.data.vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2; got {self.data.vocab_size}")
-        if self.output.eval_interval < 1:
-            raise ValueError(f"eval_interval must be positive; got {self.output.eval_interval}")
-        if self.output.sample_length < 0:
-            raise ValueError(f"sample_length must be >= 0; got {self.output.sample_length}")
+        out = self.output
+        for name in ("eval_interval",):
+            if getattr(out, name) < 1:
+                raise ValueError(f"{name} must be positive; got {getattr(out, name)}")
+        for name in ("checkpoint_interval", "early_stop", "sample_length"):
+            if getattr(out, name) < 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(out, name)}")
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
-        return cls(
-            data=DataConfig(**data["data"]),
-            model=ModelConfig(**data["model"]),
-            optim=OptimConfig(**data["optim"]),
-            output=OutputConfig(**data["output"]),
+        """Build from nested dicts (missing groups or keys take their defaults)."""
+        return cls(**{g: GROUPS[g](**data[g]) for g in GROUPS if g in data})
+
+    def updated(self, changes: dict[str, dict]) -> TrainConfig:
+        """A copy with ``{group: {field: value}}`` applied (unknown names: UserError)."""
+        check_names(changes, "the changes")
+        groups = {g: replace(getattr(self, g), **v) for g, v in changes.items() if v}
+        return replace(self, **groups)
+
+
+def check_names(data: dict, where: str) -> None:
+    """Every group and key must exist; say which do not and what would."""
+    for group, values in data.items():
+        if group not in GROUPS:
+            raise UserError(f"unknown section [{group}] in {where}; sections: {', '.join(GROUPS)}")
+        if not isinstance(values, dict):
+            raise UserError(f"[{group}] in {where} must be a table of settings")
+        known = [f.name for f in fields(GROUPS[group])]
+        for key in values:
+            if key not in known:
+                raise UserError(
+                    f"unknown setting {key!r} in [{group}] of {where}; settings: {', '.join(known)}"
+                )
+
+
+def preset_path(name: str) -> Path:
+    return Path(str(resources.files("rnnlab") / "presets" / f"{name}.toml"))
+
+
+def preset_names() -> list[str]:
+    folder = Path(str(resources.files("rnnlab") / "presets"))
+    return sorted(p.stem for p in folder.glob("*.toml"))
+
+
+def read_config_file(spec: str) -> dict[str, dict]:
+    """Settings from a TOML file, or from the preset of that name."""
+    path = Path(spec)
+    if not path.exists() and not spec.endswith(".toml") and preset_path(spec).exists():
+        path = preset_path(spec)
+    if not path.exists():
+        raise UserError(
+            f"config file not found: {spec} (presets: {', '.join(preset_names()) or 'none'})"
         )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot parse config file {path}: {exc}") from None
+    check_names(data, str(path))
+    return data
+
+
+def load_config(spec: str | None = None, overrides: dict[str, dict] | None = None) -> TrainConfig:
+    """Defaults, then the TOML file or preset ``spec``, then ``overrides``."""
+    config = TrainConfig()
+    try:
+        if spec is not None:
+            config = config.updated(read_config_file(spec))
+        if overrides:
+            config = config.updated(overrides)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"invalid configuration: {exc}") from None
+    return config

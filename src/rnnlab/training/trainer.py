@@ -1,11 +1,12 @@
-"""Training a language model with truncated BPTT, top to bottom.
+"""The training engine: one loop, read top to bottom, that every task trains through.
 
-:func:`train` reads the text, builds the vocabulary and the model, then repeats:
-take the next (B, T) chunk of every stream, run it from the state the previous chunk
-left (detached, so gradients flow back at most T steps: seeds 002/003), take the mean
-cross entropy, backpropagate, clip the gradient by its global norm, and step.  Every
-``eval_interval`` updates it scores the validation text, prints a sample and keeps the
-best checkpoint; at the end (or on Ctrl-C) it writes ``last/``.
+Each update: set the learning rate from the schedule; ask the task for the loss of its next
+batch (for language models a truncated-BPTT window, :mod:`rnnlab.training.streams`); add the
+L1/L2 penalties; backpropagate; add the gradient of the Pascanu regulariser; measure the
+gradient's global norm and clip it; skip the update if anything is not finite; step.
+Every ``eval_interval`` updates it validates, samples and keeps the best checkpoint; every
+``checkpoint_interval`` updates (and at each validation) it saves ``last/`` with everything
+``--resume`` needs.  Metrics of every update go to ``metrics.jsonl`` (and TensorBoard).
 
 Python API::
 
@@ -18,6 +19,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,20 +30,30 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rnnlab.data import (
-    StreamBatches,
-    Vocabulary,
-    eval_chunks,
-    load_text,
-    min_tokens,
-    split_train_val,
-)
+from rnnlab.data import Vocabulary, load_text, min_tokens, split_train_val
 from rnnlab.errors import UserError
 from rnnlab.models import LanguageModel
-from rnnlab.training.checkpoint import save_checkpoint
+from rnnlab.training.checkpoint import (
+    load_checkpoint,
+    load_training_state,
+    optimizer_state,
+    resolve_last,
+    restore_optimizer,
+    save_checkpoint,
+)
+from rnnlab.training.clipping import clip_gradients
 from rnnlab.training.config import TrainConfig
+from rnnlab.training.regularizers import OmegaProbe, weight_penalty
+from rnnlab.training.schedules import LRSchedule
+from rnnlab.training.streams import StreamTask, detach_state, evaluate_stream
 
 LN2 = math.log(2.0)
+evaluate = evaluate_stream
+__all__ = ["TrainResult", "Trainer", "detach_state", "evaluate", "prepare_data", "train"]
+
+
+class TrainingDiverged(UserError):
+    """Too many updates in a row had a non-finite loss or gradient."""
 
 
 @dataclass
@@ -53,33 +68,13 @@ class TrainResult:
     out: Path | None
     model: LanguageModel
     vocab: Vocabulary
+    clipped_fraction: float = 0.0
+    skipped_updates: int = 0
+    stop_reason: str = ""
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
-
-
-def detach_state(state):
-    """Cut the graph at a chunk boundary (truncated BPTT) but keep the values."""
-    if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)
-    return state.detach()
-
-
-@torch.no_grad()
-def evaluate(model: LanguageModel, ids: torch.Tensor, batch_size: int, seq_len: int) -> float:
-    """Mean cross entropy (nats per token) over ``ids``, carrying state across chunks."""
-    was_training = model.training
-    model.eval()
-    total, count, state = 0.0, 0, None
-    for x, y in eval_chunks(ids, batch_size, seq_len):
-        logits, _, state = model(x, state)
-        total += torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
-        ).item()
-        count += y.numel()
-    model.train(was_training)
-    return total / count
 
 
 def prepare_data(config: TrainConfig, text: str | None = None):
@@ -110,12 +105,18 @@ def prepare_data(config: TrainConfig, text: str | None = None):
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    o = config.optim
+    o, params = config.optim, model.parameters()
     if o.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
         )
-    return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    if o.optimizer == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+        )
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
 def sample_text(model, vocab: Vocabulary, length: int, temperature=0.8, seed=0) -> str:
@@ -134,130 +135,372 @@ def describe(config: TrainConfig) -> str:
     return "config:\n" + "\n".join(parts)
 
 
-def train(config: TrainConfig, text: str | None = None, log=print) -> TrainResult:
+class MetricsLog:
+    """metrics.jsonl in the run directory, and TensorBoard scalars when it is installed."""
+
+    def __init__(self, out: Path, tensorboard: bool):
+        self.file = open(out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # the tensorboard package is optional
+                pass
+            else:
+                self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key not in ("kind", "step") and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+
+    def flush(self) -> None:
+        self.file.flush()
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Trainer:
+    """Runs ``task`` on ``model`` as ``config`` says; see the module docstring for one update."""
+
+    def __init__(
+        self,
+        model,
+        task,
+        config: TrainConfig,
+        vocab: Vocabulary,
+        log=print,
+        handle_signals: bool = False,
+    ):
+        self.model, self.task, self.config, self.vocab = model, task, config, vocab
+        self.log, self.handle_signals = log, handle_signals
+        self.out = Path(config.output.out)
+        self.optimizer = build_optimizer(model, config)
+        self.schedule = LRSchedule(config.schedule, config.optim.lr)
+        self.probe = self._make_probe()
+        self.step = 0
+        self.train_seconds = 0.0  # time in updates only
+        self.elapsed = 0.0  # wall time of the run, validations included
+        self.best = self.last_val = self.last_train = None
+        self.evals_since_best = 0
+        self.clipped_steps = self.skipped_steps = self.nonfinite_streak = 0
+        self.stop_requested = False
+        self.unit = "char" if vocab.kind == "char" else "word"
+
+    def _make_probe(self):
+        if self.config.optim.pascanu_alpha <= 0:
+            return None
+        layer = getattr(self.model, "rnn", None)
+        form = {"RNN": "elman", "PascanuRNN": "pascanu"}.get(type(layer).__name__)
+        if form is None:
+            raise UserError("the Pascanu regulariser (--pascanu-alpha) needs --cell rnn or pascanu")
+        try:
+            return OmegaProbe(layer, form)
+        except ValueError as exc:
+            raise UserError(f"--pascanu-alpha: {exc} (use --layers 1)") from None
+
+    # -- state for --resume -------------------------------------------------------------
+    def training_state(self) -> tuple[dict, dict]:
+        tensors, optim_meta = optimizer_state(self.optimizer)
+        task_tensors, task_meta = self.task.state_dict()
+        tensors.update({f"task.{k}": v for k, v in task_tensors.items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "elapsed": self.elapsed,
+            "best": self.best,
+            "last_val": self.last_val,
+            "last_train": self.last_train,
+            "evals_since_best": self.evals_since_best,
+            "clipped_steps": self.clipped_steps,
+            "skipped_steps": self.skipped_steps,
+            "schedule": self.schedule.state_dict(),
+            "task": task_meta,
+            "optimizer": optim_meta,
+        }
+        return tensors, meta
+
+    def load_training_state(self, tensors: dict, meta: dict) -> None:
+        restore_optimizer(self.optimizer, tensors, meta["optimizer"])
+        task_tensors = {k[5:]: v for k, v in tensors.items() if k.startswith("task.")}
+        self.task.load_state_dict(task_tensors, meta["task"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.schedule.load_state_dict(meta["schedule"])
+        for key in (
+            "step",
+            "train_seconds",
+            "elapsed",
+            "best",
+            "evals_since_best",
+            "clipped_steps",
+            "skipped_steps",
+        ):
+            setattr(self, key, meta[key])
+        self.last_val, self.last_train = meta["last_val"], meta["last_train"]
+
+    def save(self, name: str, **info) -> None:
+        state = self.training_state() if name == "last" else None
+        save_checkpoint(
+            self.out / name,
+            self.model,
+            self.config,
+            self.vocab,
+            state,
+            step=self.step,
+            val_loss=self.last_val,
+            **info,
+        )
+
+    # -- one update ---------------------------------------------------------------------
+    def progress(self) -> float:
+        o = self.config.optim
+        parts = []
+        if o.max_steps is not None:
+            parts.append(self.step / o.max_steps)
+        if o.max_time is not None:
+            parts.append(self.elapsed / o.max_time)
+        return max(parts)
+
+    def update(self) -> dict:
+        o = self.config.optim
+        lr = self.schedule.lr(self.step, self.progress())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self.task.training_loss(self.model)
+        total = loss
+        if o.l1 or o.l2:
+            total = total + weight_penalty(self.model.named_parameters(), o.l1, o.l2)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        omega = None
+        if self.probe is not None:
+            omega = self.probe.omega()
+            if omega is not None:
+                alpha = o.pascanu_alpha
+                if o.pascanu_decay > 0:
+                    alpha = alpha / (1 + self.step / o.pascanu_decay)
+                (alpha * omega).backward()
+        clip = clip_gradients(self.model.parameters(), o.clip, o.clip_mode)
+        loss_value = loss.item()
+        record = {
+            "kind": "train",
+            "step": self.step + 1,
+            "loss": loss_value,
+            "grad_norm": clip.norm,
+            "clipped": clip.clipped,
+            "lr": lr,
+        }
+        if omega is not None:
+            record["omega"] = omega.item()
+        if math.isfinite(loss_value) and math.isfinite(clip.norm):
+            self.optimizer.step()
+            self.nonfinite_streak = 0
+            self.clipped_steps += int(clip.clipped)
+            self.last_train = loss_value
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.nonfinite_streak += 1
+            record["skipped"] = True
+        self.step += 1
+        return record
+
+    # -- validation ---------------------------------------------------------------------
+    def validate(self, report) -> None:
+        record = {"kind": "eval", "step": self.step, "train_loss": self.last_train}
+        if self.has_validation:
+            self.last_val = self.task.evaluate(self.model)
+            record["val_loss"] = self.last_val
+            improved = self.best is None or self.last_val < self.best
+            if self.schedule.observe(self.last_val):
+                report(
+                    f"validation loss did not improve: learning rate x{self.config.schedule.gamma}"
+                )
+            self.evals_since_best = 0 if improved else self.evals_since_best + 1
+            speed = self.step * self.task.tokens_per_update / max(self.train_seconds, 1e-9)
+            u = self.unit
+            report(
+                f"step {self.step}: train {self.last_train:.4f}, val {self.last_val:.4f} "
+                f"nats/{u} ({self.last_val / LN2:.3f} bits/{u}), {speed:,.0f} {u}s/s"
+                + (" (best)" if improved else "")
+            )
+            if improved:
+                self.best = self.last_val
+                self.save("best")
+        n = self.config.output.sample_length
+        if n:
+            report(
+                f"--- sample at step {self.step} ---\n"
+                f"{sample_text(self.model, self.vocab, n, seed=self.step)}\n---"
+            )
+        self.metrics.write(record)
+        self.metrics.flush()
+        self.save("last")
+
+    @property
+    def has_validation(self) -> bool:
+        return len(self.task.val_ids) >= 2
+
+    # -- the loop -----------------------------------------------------------------------
+    def _stop_reason(self) -> str | None:
+        o, out = self.config.optim, self.config.output
+        if self.stop_requested:
+            return "interrupted"
+        if o.max_steps is not None and self.step >= o.max_steps:
+            return "max_steps"
+        if o.max_time is not None and self.elapsed >= o.max_time:
+            return "max_time"
+        if out.early_stop and self.evals_since_best >= out.early_stop:
+            return "early_stop"
+        return None
+
+    def _on_sigint(self, signum, frame):
+        if self.stop_requested:
+            print("\nrnnlab: second Ctrl-C: quitting at once", file=sys.stderr, flush=True)
+            os._exit(130)
+        self.stop_requested = True
+        print(
+            "\nrnnlab: Ctrl-C: stopping after this update and saving "
+            "(Ctrl-C again to quit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def run(self) -> TrainResult:
+        c, o = self.config, self.config.optim
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(c.to_json(), indent=2) + "\n")
+        self.metrics = MetricsLog(self.out, c.output.tensorboard)
+        bar = tqdm(
+            total=o.max_steps if o.max_steps is not None else round(o.max_time),
+            initial=self.step if o.max_steps is not None else round(self.elapsed),
+            unit="step" if o.max_steps is not None else "s",
+            disable=None if c.output.progress else True,
+            dynamic_ncols=True,
+            leave=False,
+        )
+
+        def report(msg: str) -> None:
+            tqdm.write(msg) if not bar.disable else self.log(msg)
+
+        previous_handler = None
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        interrupted, reason = False, ""
+        session_start = time.perf_counter() - self.elapsed
+        try:
+            self.model.train()
+            while (reason := self._stop_reason()) is None:
+                t0 = time.perf_counter()
+                record = self.update()
+                dt = time.perf_counter() - t0
+                self.train_seconds += dt
+                self.elapsed = time.perf_counter() - session_start
+                record["tokens_per_s"] = self.task.tokens_per_update / dt
+                self.metrics.write(record)
+                if self.nonfinite_streak >= o.max_nonfinite:
+                    self.metrics.flush()
+                    raise TrainingDiverged(
+                        f"stopped at step {self.step}: {self.nonfinite_streak} updates in a row "
+                        f"had a non-finite loss or gradient (skipped); lower --lr or --clip. "
+                        f"The last good checkpoint is in {self.out}"
+                    )
+                if o.max_steps is not None:
+                    bar.update(1)
+                else:
+                    bar.n = min(round(self.elapsed), bar.total)
+                speed = self.step * self.task.tokens_per_update / self.train_seconds
+                bar.set_postfix(
+                    loss=f"{record['loss']:.3f}", speed=f"{speed:,.0f} {self.unit}/s", refresh=False
+                )
+                if self.step % c.output.eval_interval == 0:
+                    self.validate(report)
+                elif c.output.checkpoint_interval and self.step % c.output.checkpoint_interval == 0:
+                    self.save("last")
+        except KeyboardInterrupt:
+            reason = "interrupted"
+        finally:
+            bar.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+        interrupted = reason == "interrupted"
+        if interrupted:
+            report(f"interrupted at step {self.step}; saving {self.out / 'last'}")
+        elif reason == "early_stop":
+            report(f"early stop: no improvement in {c.output.early_stop} validations")
+        if self.step > 0:
+            if not interrupted and self.step % c.output.eval_interval != 0:
+                self.validate(report)
+            self.save("last")
+            if not self.has_validation:  # no validation: the last weights are the best we know
+                self.save("best")
+        if self.probe is not None:
+            self.probe.close()
+        self.metrics.close()
+        if self.clipped_steps or self.skipped_steps:
+            report(
+                f"gradient clipped in {self.clipped_steps} of {self.step} updates; "
+                f"{self.skipped_steps} skipped for non-finite values"
+            )
+        return TrainResult(
+            steps=self.step,
+            tokens=self.step * self.task.tokens_per_update,
+            train_seconds=self.train_seconds,
+            best_val_loss=self.best,
+            last_val_loss=self.last_val,
+            last_train_loss=self.last_train,
+            interrupted=interrupted,
+            out=self.out,
+            model=self.model,
+            vocab=self.vocab,
+            clipped_fraction=self.clipped_steps / max(self.step, 1),
+            skipped_updates=self.skipped_steps,
+            stop_reason=reason,
+        )
+
+
+def train(
+    config: TrainConfig,
+    text: str | None = None,
+    log=print,
+    resume: str | Path | None = None,
+    handle_signals: bool = False,
+) -> TrainResult:
     """Train a language model as ``config`` says; ``text`` overrides ``config.data.path``.
 
-    Writes ``best/`` and ``last/`` checkpoints and ``metrics.jsonl`` under
+    Writes ``best/`` and ``last/`` checkpoints, ``config.json`` and ``metrics.jsonl`` under
     ``config.output.out`` (nothing is written before the data and model are checked).
-    Ctrl-C stops training, saves ``last/`` and returns with ``interrupted=True``.
+    ``resume`` continues the run in that directory from its ``last/`` checkpoint.  Ctrl-C
+    stops training, saves ``last/`` and returns with ``interrupted=True``.
     """
     vocab, train_ids, val_ids = prepare_data(config, text)
     config = replace(config, model=replace(config.model, vocab_size=len(vocab)))
     torch.manual_seed(config.output.seed)
     model = LanguageModel(config.model)
-    optimizer = build_optimizer(model, config)
-    batches = StreamBatches(train_ids, config.optim.batch_size, config.optim.seq_len)
-    unit = "char" if vocab.kind == "char" else "word"
-
-    out = Path(config.output.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
-    metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-    n_params = sum(p.numel() for p in model.parameters())
-    log(describe(config))
-    log(
-        f"data: {len(train_ids):,} training and {len(val_ids):,} validation {unit}s, "
-        f"vocabulary {len(vocab)}; model: {n_params:,} parameters; "
-        f"{len(batches)} chunks per epoch"
-    )
-
-    o = config.optim
-    tokens_per_step = o.batch_size * o.seq_len
-    state, step, chunk = None, 0, 0
-    best = last_val = last_train = None
-    train_seconds, interrupted = 0.0, False
-    start = time.perf_counter()
-    bar = tqdm(
-        total=o.max_steps if o.max_steps is not None else round(o.max_time),
-        unit="step" if o.max_steps is not None else "s",
-        disable=None if config.output.progress else True,
-        dynamic_ncols=True,
-        leave=False,
-    )
-
-    def report(msg: str) -> None:
-        tqdm.write(msg) if not bar.disable else log(msg)
-
-    def validate_and_save() -> None:
-        nonlocal best, last_val
-        record = {"step": step, "train_loss": last_train}
-        if len(val_ids) >= 2:
-            last_val = evaluate(model, val_ids, o.batch_size, o.seq_len)
-            record["val_loss"] = last_val
-            improved = best is None or last_val < best
-            report(
-                f"step {step}: train {last_train:.4f}, val {last_val:.4f} nats/{unit} "
-                f"({last_val / LN2:.3f} bits/{unit}), "
-                f"{step * tokens_per_step / max(train_seconds, 1e-9):,.0f} {unit}s/s"
-                + (" (best)" if improved else "")
-            )
-            if improved:
-                best = last_val
-                save_checkpoint(out / "best", model, config, vocab, step=step, val_loss=last_val)
-        if config.output.sample_length:
-            sample = sample_text(model, vocab, config.output.sample_length, seed=step)
-            report(f"--- sample at step {step} ---\n{sample}\n---")
-        metrics.write(json.dumps(record) + "\n")
-        metrics.flush()
-
-    try:
-        model.train()
-        while True:
-            elapsed = time.perf_counter() - start
-            if o.max_steps is not None and step >= o.max_steps:
-                break
-            if o.max_time is not None and elapsed >= o.max_time:
-                break
-            if chunk == len(batches):  # epoch boundary: streams restart, so does state
-                chunk, state = 0, None
-            x, y = batches[chunk]
-            t0 = time.perf_counter()
-            _, loss, state = model(x, state, targets=y)
-            state = detach_state(state)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if o.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip)
-            optimizer.step()
-            train_seconds += time.perf_counter() - t0
-            step, chunk = step + 1, chunk + 1
-            last_train = loss.item()
-            if not math.isfinite(last_train):
-                raise UserError(
-                    f"training diverged at step {step} (loss {last_train}); lower --lr "
-                    "or set --clip"
-                )
-            bar.update(1 if o.max_steps is not None else 0)
-            if o.max_steps is None:
-                bar.n = min(round(time.perf_counter() - start), bar.total)
-            bar.set_postfix(
-                loss=f"{last_train:.3f}",
-                speed=f"{step * tokens_per_step / train_seconds:,.0f} {unit}/s",
-                refresh=False,
-            )
-            if step % config.output.eval_interval == 0:
-                validate_and_save()
-        if step % config.output.eval_interval != 0 and step > 0:
-            validate_and_save()
-    except KeyboardInterrupt:
-        interrupted = True
-        report(f"interrupted at step {step}; saving {out / 'last'}")
-    finally:
-        bar.close()
-    if step > 0:
-        save_checkpoint(out / "last", model, config, vocab, step=step, val_loss=last_val)
-        if len(val_ids) < 2:  # no validation: the last weights are the best we know
-            save_checkpoint(out / "best", model, config, vocab, step=step, val_loss=None)
-    metrics.close()
-    return TrainResult(
-        steps=step,
-        tokens=step * tokens_per_step,
-        train_seconds=train_seconds,
-        best_val_loss=best,
-        last_val_loss=last_val,
-        last_train_loss=last_train,
-        interrupted=interrupted,
-        out=out,
-        model=model,
-        vocab=vocab,
-    )
+    task = StreamTask(train_ids, val_ids, config.optim.batch_size, config.optim.k1, config.optim.k2)
+    trainer = Trainer(model, task, config, vocab, log, handle_signals)
+    if resume is not None:
+        tensors, meta = load_training_state(resume)
+        saved_model, saved_vocab, _, _ = load_checkpoint(resolve_last(resume))
+        if saved_vocab != vocab:
+            raise UserError(f"the training text differs from the one {resume} was trained on")
+        model.load_state_dict(saved_model.state_dict())
+        trainer.load_training_state(tensors, meta)
+        log(f"resuming {resume} at step {trainer.step}")
+    else:
+        n_params = sum(p.numel() for p in model.parameters())
+        log(describe(config))
+        log(
+            f"data: {len(train_ids):,} training and {len(val_ids):,} validation "
+            f"{trainer.unit}s, vocabulary {len(vocab)}; model: {n_params:,} parameters; "
+            f"{task.updates_per_epoch} updates per epoch"
+        )
+    return trainer.run()
