@@ -9,6 +9,8 @@ MODULES = [
     "rnnlab.cells.elman",
     "rnnlab.cells.lstm",
     "rnnlab.cells.gru",
+    "rnnlab.cells.pascanu",
+    "rnnlab.cells.jordan",
     "rnnlab.layers",
     "rnnlab.data.vocab",
     "rnnlab.data.batching",

@@ -45,7 +45,9 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from rnnlab.cells.elman import check_nonlinearity, elman_sequence, elman_sequence_reference
 from rnnlab.cells.gru import check_gru_form, gru_sequence, gru_sequence_reference
+from rnnlab.cells.jordan import check_output, jordan_sequence, jordan_sequence_reference
 from rnnlab.cells.lstm import lstm_sequence, lstm_sequence_reference
+from rnnlab.cells.pascanu import check_sigma, pascanu_sequence, pascanu_sequence_reference
 from rnnlab.init import Init, apply_init
 
 BACKENDS = ("fused", "reference")
@@ -539,3 +541,176 @@ class GRU(_Stack):
         if self.form != "torch":
             raise ValueError("torch.nn.GRU computes the 'torch' form only; cannot convert 'cho'")
         return super()._torch_kwargs()
+
+
+class PascanuRNN(_Stack):
+    r"""Pascanu-form simple RNN (seed 004): :math:`x_t = W_{hh} \sigma(x_{t-1}) + W_{ih} u_t + b`.
+
+    The state is the pre-activation :math:`x_t`; the layer emits :math:`\sigma(x_t)`, which
+    the next layer (or a readout) reads.  ``sigma`` is ``"tanh"`` or ``"sigmoid"``.
+    Parameters per layer: ``weight_ih_l{k}`` (H, I) = W_in, ``weight_hh_l{k}`` (H, H) =
+    W_rec and ``bias_l{k}`` (H,).  Returns ``(outputs, x_n)`` with ``x_n`` the final states
+    (D*num_layers, N, H).  Equations and backward: :mod:`rnnlab.cells.pascanu`.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, sigma="tanh", **kwargs):
+        self.sigma = check_sigma(sigma)
+        super().__init__(input_size, hidden_size, num_layers, **kwargs)
+
+    def _parameter_shapes(self, layer_input: int) -> dict[str, tuple[int, ...]]:
+        H = self.hidden_size
+        shapes = {"weight_ih": (H, layer_input), "weight_hh": (H, H)}
+        if self.bias:
+            shapes["bias"] = (H,)
+        return shapes
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", sigma={self.sigma!r}"
+
+    def _run_direction(self, x, state, params):
+        run = pascanu_sequence if self.backend == "fused" else pascanu_sequence_reference
+        xs = run(
+            x, state[0], params["weight_ih"], params["weight_hh"], params.get("bias"), self.sigma
+        )
+        activation = torch.tanh if self.sigma == "tanh" else torch.sigmoid
+        return activation(xs), (xs[-1],)
+
+
+class JordanRNN(_Stack):
+    r"""Output recurrence (Jordan network) and hidden-and-output recurrence (seed 001).
+
+    .. math::
+
+        h_t = \phi(W_{ih} x_t + b_{ih} + W_{yh} \tilde y_{t-1}
+              [+ W_{hh} h_{t-1} + b_{hh}]), \qquad y_t = g(W_{ho} h_t + b_o)
+
+    where :math:`\tilde y_{t-1}` is the model's own previous output (free running), the
+    true previous output from ``teacher`` (teacher forcing), or a per-step choice between
+    the two given by ``teacher_mask`` (scheduled sampling).  ``hidden_recurrence=True``
+    adds the :math:`W_{hh} h_{t-1}` term.  One layer, one direction.
+
+    ``forward(input, state=None, teacher=None, teacher_mask=None, lengths=None, mask=None)``
+    returns ``(ys, state)``: ``ys`` (T, N, O) and the state ``y_n`` (1, N, O), or
+    ``(h_n, y_n)`` with hidden recurrence.  ``teacher`` has the layout of ``ys``; its step
+    t holds the true output of step t - 1 (``teacher[0]`` is the true initial output).
+    ``teacher_mask`` is (T, N) (or (N, T) with ``batch_first``), 1 = feed the truth.
+    Equations and backward: :mod:`rnnlab.cells.jordan`.
+    """
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        output_size,
+        nonlinearity="tanh",
+        output="identity",
+        hidden_recurrence=False,
+        **kwargs,
+    ):
+        self.output_features = _check_positive_int("output_size", output_size)
+        self.nonlinearity = check_nonlinearity(nonlinearity)
+        self.output = check_output(output)
+        self.hidden_recurrence = bool(hidden_recurrence)
+        self.state_names = ("h", "y") if hidden_recurrence else ("y",)
+        if kwargs.pop("num_layers", 1) != 1 or kwargs.get("bidirectional") or kwargs.get("dropout"):
+            raise ValueError(
+                "JordanRNN is one layer in one direction: num_layers=1, bidirectional=False, "
+                "dropout=0"
+            )
+        super().__init__(input_size, hidden_size, 1, **kwargs)
+
+    @property
+    def output_size(self) -> int:
+        return self.output_features
+
+    def state_sizes(self) -> tuple[int, ...]:
+        y = self.output_features
+        return (self.hidden_size, y) if self.hidden_recurrence else (y,)
+
+    def _parameter_shapes(self, layer_input: int) -> dict[str, tuple[int, ...]]:
+        H, O = self.hidden_size, self.output_features
+        shapes = {"weight_ih": (H, layer_input), "weight_yh": (H, O)}
+        if self.hidden_recurrence:
+            shapes["weight_hh"] = (H, H)
+        shapes["weight_ho"] = (O, H)
+        if self.bias:
+            shapes["bias_ih"] = (H,)
+            if self.hidden_recurrence:
+                shapes["bias_hh"] = (H,)
+            shapes["bias_o"] = (O,)
+        return shapes
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr() + f", output_size={self.output_features}"
+        s += f", nonlinearity={self.nonlinearity!r}, output={self.output!r}"
+        return s + (", hidden_recurrence=True" if self.hidden_recurrence else "")
+
+    def forward(self, input, state=None, teacher=None, teacher_mask=None, lengths=None, mask=None):
+        if isinstance(input, PackedSequence):
+            raise ValueError("JordanRNN takes padded input with lengths=, not a PackedSequence")
+        x, unbatched = self._check_input(input)
+        T, N = x.shape[:2]
+        steps = {}
+        if teacher is not None:
+            teacher = teacher.unsqueeze(1) if unbatched else teacher
+            teacher = teacher.transpose(0, 1) if self.batch_first and not unbatched else teacher
+            if tuple(teacher.shape) != (T, N, self.output_features):
+                raise ValueError(
+                    f"teacher must have the layout of the outputs, {(T, N, self.output_features)} "
+                    f"time-major; got {tuple(teacher.shape)}"
+                )
+            steps["teacher"] = teacher
+            if teacher_mask is not None:
+                m = torch.as_tensor(teacher_mask, device=x.device)
+                m = m.unsqueeze(1) if unbatched else m
+                m = m.t() if self.batch_first and not unbatched else m
+                if tuple(m.shape) != (T, N):
+                    raise ValueError(
+                        f"teacher_mask must have shape {(T, N)} time-major; got {tuple(m.shape)}"
+                    )
+                steps["mask"] = m.to(x.dtype)
+        elif teacher_mask is not None:
+            raise ValueError("teacher_mask needs a teacher")
+        if mask is not None:
+            lengths = lengths_from_mask(mask, 1 if (self.batch_first and not unbatched) else 0)
+        if lengths is not None:
+            lengths = check_lengths(lengths, N, T)
+            if int(lengths.min()) == T:
+                lengths = None
+        states = [s[0] for s in self._check_state(state, N, unbatched, x)]
+        params = self.direction_parameters(0)
+
+        def run(xs, st, step_tensors, _rows):
+            return self._run_direction(xs, st, params, step_tensors)
+
+        ys, final = run_segments(run, x, tuple(states), lengths, steps)
+        final = [f.unsqueeze(0) for f in final]
+        if unbatched:
+            ys, final = ys.squeeze(1), [f.squeeze(1) for f in final]
+        elif self.batch_first:
+            ys = ys.transpose(0, 1)
+        return ys, (final[0] if len(final) == 1 else tuple(final))
+
+    def _run_direction(self, x, state, params, steps=None):
+        steps = steps or {}
+        run = jordan_sequence if self.backend == "fused" else jordan_sequence_reference
+        h0, y0 = (state[0], state[1]) if self.hidden_recurrence else (None, state[0])
+        p = params
+        hs, ys = run(
+            x,
+            h0,
+            y0,
+            p["weight_ih"],
+            p["weight_yh"],
+            p["weight_ho"],
+            p.get("bias_ih"),
+            p.get("bias_o"),
+            weight_hh=p.get("weight_hh"),
+            bias_hh=p.get("bias_hh"),
+            nonlinearity=self.nonlinearity,
+            output=self.output,
+            teacher=steps.get("teacher"),
+            teacher_mask=steps.get("mask"),
+        )
+        final = (hs[-1], ys[-1]) if self.hidden_recurrence else (ys[-1],)
+        return ys, final

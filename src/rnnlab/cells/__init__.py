@@ -14,9 +14,31 @@ from rnnlab.cells.gru import (
     gru_sequence_reference,
     gru_step,
 )
+from rnnlab.cells.jordan import (
+    JordanFunction,
+    fed_output,
+    jordan_sequence,
+    jordan_sequence_reference,
+    jordan_step,
+)
 from rnnlab.cells.lstm import LSTMFunction, lstm_sequence, lstm_sequence_reference, lstm_step
+from rnnlab.cells.pascanu import (
+    PascanuFunction,
+    pascanu_sequence,
+    pascanu_sequence_reference,
+    pascanu_step,
+)
 
 __all__ = [
+    "JordanFunction",
+    "PascanuFunction",
+    "fed_output",
+    "jordan_sequence",
+    "jordan_sequence_reference",
+    "jordan_step",
+    "pascanu_sequence",
+    "pascanu_sequence_reference",
+    "pascanu_step",
     "GRU_FORMS",
     "GRUFunction",
     "check_gru_form",
