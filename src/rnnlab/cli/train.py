@@ -27,7 +27,7 @@ from rnnlab.training import train
 from rnnlab.training.checkpoint import load_checkpoint, resolve_last
 from rnnlab.training.clipping import CLIP_MODES
 from rnnlab.training.config import GROUPS, OPTIMIZERS, TrainConfig, load_config, preset_names
-from rnnlab.training.schedules import LR_SCHEDULES
+from rnnlab.training.schedules import LR_SCHEDULES, TEACHER_SCHEDULES
 from rnnlab.training.trainer import sample_text
 
 HELP = "train a language model (default: the bundled Tiny Shakespeare)"
@@ -203,6 +203,30 @@ FLAGS = [
         dict(type=nonnegative_float, metavar="X"),
         "floor of the learning rate (cosine, plateau)",
     ),
+    (
+        "--teacher-forcing",
+        ("teacher", "schedule"),
+        dict(choices=TEACHER_SCHEDULES),
+        "jordan cell: probability of feeding the true previous token, by update",
+    ),
+    (
+        "--tf-k",
+        ("teacher", "k"),
+        dict(type=positive_float, metavar="X"),
+        "k of the linear (start), exponential (base) or inverse_sigmoid schedule",
+    ),
+    (
+        "--tf-c",
+        ("teacher", "c"),
+        dict(type=nonnegative_float, metavar="X"),
+        "slope of the linear schedule, per update",
+    ),
+    (
+        "--tf-min",
+        ("teacher", "min_p"),
+        dict(type=fraction, metavar="X"),
+        "floor of the teacher-forcing probability",
+    ),
     ("--out", ("output", "out"), dict(metavar="DIR"), "run directory"),
     (
         "--eval-interval",
@@ -240,6 +264,7 @@ GROUP_TITLES = {
     "model": "model",
     "optim": "optimisation",
     "schedule": "learning-rate schedule",
+    "teacher": "teacher forcing (jordan cell)",
     "output": "output",
 }
 

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.cells.elman import NONLINEARITIES
-from rnnlab.layers import BACKENDS, GRU, LSTM, RNN
+from rnnlab.layers import BACKENDS, GRU, LSTM, RNN, JordanRNN, PascanuRNN
 
-CELLS = ("lstm", "gru", "rnn")
+CELLS = ("lstm", "gru", "rnn", "pascanu", "jordan")
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,15 @@ class ModelConfig:
     """Shape of a language model. Saved in every checkpoint as JSON.
 
     vocab_size: number of tokens (0 in a training config: set from the vocabulary).
-    cell: ``lstm``, ``gru`` or ``rnn`` (Elman).
+    cell: ``lstm``, ``gru``, ``rnn`` (Elman), ``pascanu`` (seed 004's form; ``nonlinearity``
+        tanh or sigmoid) or ``jordan`` (output recurrence: the previous output, one-hot of
+        the true previous token under teacher forcing, feeds the next step; one layer).
     hidden_size: units per recurrent layer.
     num_layers: recurrent layers stacked (seed 003's deep RNN).
     embedding_dim: size of the token embedding; 0 feeds one-hot vectors.
     dropout: dropout between recurrent layers and before the output layer.
-    nonlinearity: Elman activation (tanh, sigmoid, relu); ignored by the LSTM.
+    nonlinearity: activation of the rnn, pascanu and jordan cells (tanh, sigmoid, relu).
+    hidden_recurrence: jordan only: also feed h_{t-1} back (hidden and output recurrence).
     backend: ``fused`` (hand-derived BPTT) or ``reference`` (autograd through steps).
     """
 
@@ -53,6 +56,7 @@ class ModelConfig:
     dropout: float = 0.0
     nonlinearity: str = "tanh"
     backend: str = "fused"
+    hidden_recurrence: bool = False
 
     def __post_init__(self):
         if self.vocab_size < 0:
@@ -70,6 +74,10 @@ class ModelConfig:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        if self.cell == "pascanu" and self.nonlinearity == "relu":
+            raise ValueError("the pascanu cell takes nonlinearity tanh or sigmoid")
+        if self.cell == "jordan" and self.num_layers != 1:
+            raise ValueError("the jordan cell is one layer: set num_layers to 1")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -86,19 +94,32 @@ class LanguageModel(nn.Module):
             raise ValueError("config.vocab_size must be set (>= 1) to build a model")
         self.embedding = nn.Embedding(V, E) if E > 0 else None
         kwargs = dict(num_layers=config.num_layers, dropout=config.dropout, backend=config.backend)
+        self.teacher_probability = 1.0  # jordan only: set by the trainer's schedule
         if config.cell == "lstm":
             self.rnn = LSTM(E or V, H, **kwargs)
         elif config.cell == "gru":
             self.rnn = GRU(E or V, H, **kwargs)
+        elif config.cell == "pascanu":
+            self.rnn = PascanuRNN(E or V, H, sigma=config.nonlinearity, **kwargs)
+        elif config.cell == "jordan":
+            # The fed-back output is the logits; the teacher is the one-hot true token.
+            self.rnn = JordanRNN(
+                E or V,
+                H,
+                V,
+                nonlinearity=config.nonlinearity,
+                hidden_recurrence=config.hidden_recurrence,
+                backend=config.backend,
+            )
         else:
             self.rnn = RNN(E or V, H, nonlinearity=config.nonlinearity, **kwargs)
         self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(H, V)
+        self.head = None if config.cell == "jordan" else nn.Linear(H, V)
 
     def _inputs(self, idx_tm: Tensor) -> Tensor:
         if self.embedding is not None:
             return self.embedding(idx_tm)
-        return F.one_hot(idx_tm, self.config.vocab_size).to(self.head.weight.dtype)
+        return F.one_hot(idx_tm, self.config.vocab_size).to(self.rnn.weight_ih_l0.dtype)
 
     def forward(self, idx: Tensor, state=None, targets: Tensor | None = None):
         """``idx`` and ``targets``: (N, T) token ids. Returns logits (N, T, V), the mean
@@ -106,12 +127,27 @@ class LanguageModel(nn.Module):
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, time); got shape {tuple(idx.shape)}")
         x = self._inputs(idx.t())  # time-major (T, N, E) keeps each step contiguous
-        hs, state = self.rnn(x, state)
-        logits = self.head(self.drop(hs)).transpose(0, 1)  # (N, T, V)
+        if self.head is None:
+            logits, state = self._jordan(idx.t(), x, state)
+        else:
+            hs, state = self.rnn(x, state)
+            logits = self.head(self.drop(hs))
+        logits = logits.transpose(0, 1)  # (N, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         return logits, loss, state
+
+    def _jordan(self, idx_tm: Tensor, x: Tensor, state):
+        """Output recurrence: the true previous token of step t is the input token x_t, so
+        the teacher is its one-hot vector.  In training the model is fed the truth with
+        probability ``teacher_probability`` (scheduled sampling), else its own logits; in
+        evaluation and generation it is fed the true (or sampled) token."""
+        teacher = F.one_hot(idx_tm, self.config.vocab_size).to(x.dtype)
+        mask = None
+        if self.training and self.teacher_probability < 1.0:
+            mask = torch.rand(idx_tm.shape, device=x.device) < self.teacher_probability
+        return self.rnn(x, state, teacher=teacher, teacher_mask=mask)
 
     @torch.no_grad()
     def generate(
@@ -133,7 +169,7 @@ class LanguageModel(nn.Module):
             raise ValueError(f"temperature must be positive; got {temperature}")
         was_training = self.training
         self.eval()
-        device = self.head.weight.device
+        device = self.rnn.weight_ih_l0.device
         idx = torch.tensor([prime], device=device)
         logits, _, state = self(idx)
         out = []

@@ -2,7 +2,8 @@
 
 The whole :class:`TrainConfig` is printed at the start of a run and saved in every
 checkpoint (``checkpoint.json``).  It can be read from a TOML file whose tables are the
-groups (``[data]``, ``[model]``, ``[optim]``, ``[schedule]``, ``[output]``) and whose keys are
+groups (``[data]``, ``[model]``, ``[optim]``, ``[schedule]``, ``[teacher]``,
+``[output]``) and whose keys are
 the field names below; command-line flags override the file.  A bare name such as
 ``shakespeare-30min`` picks a preset shipped with the package (``rnnlab/presets/*.toml``).
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from rnnlab.errors import UserError
 from rnnlab.models import ModelConfig
 from rnnlab.training.clipping import CLIP_MODES
-from rnnlab.training.schedules import ScheduleConfig
+from rnnlab.training.schedules import ScheduleConfig, TeacherForcing
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -102,6 +103,7 @@ GROUPS = {
     "model": ModelConfig,
     "optim": OptimConfig,
     "schedule": ScheduleConfig,
+    "teacher": TeacherForcing,
     "output": OutputConfig,
 }
 
@@ -112,6 +114,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(vocab_size=0))
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    teacher: TeacherForcing = field(default_factory=TeacherForcing)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self):

@@ -274,6 +274,10 @@ class Trainer:
         lr = self.schedule.lr(self.step, self.progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        teacher_p = None
+        if hasattr(self.model, "teacher_probability"):
+            teacher_p = self.config.teacher.probability(self.step)
+            self.model.teacher_probability = teacher_p
         loss = self.task.training_loss(self.model)
         total = loss
         if o.l1 or o.l2:
@@ -300,6 +304,8 @@ class Trainer:
         }
         if omega is not None:
             record["omega"] = omega.item()
+        if teacher_p is not None and self.config.model.cell == "jordan":
+            record["teacher_p"] = teacher_p
         if math.isfinite(loss_value) and math.isfinite(clip.norm):
             self.optimizer.step()
             self.nonfinite_streak = 0
