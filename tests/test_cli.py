@@ -314,3 +314,17 @@ def test_ctrl_c_saves_a_checkpoint_before_exiting(corpus, tmp_path):
     info = json.loads(Path(out / "last" / "checkpoint.json").read_text())
     assert info["step"] >= 2
     assert main(["eval", str(out / "last")]) == 0
+
+
+def test_readme_documents_every_flag():
+    """The README's command reference names every flag of every command."""
+    from rnnlab.cli.main import build_parser
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help"):
+                    assert f"`{option}" in readme, f"rnnlab {name} {option} is not in the README"
