@@ -44,11 +44,22 @@ def _as_tensors(state) -> list[Tensor]:
 class StreamTask:
     """Next-token prediction over B streams, one truncated-BPTT(k1, k2) window per update."""
 
-    def __init__(self, train_ids: Tensor, val_ids: Tensor, batch_size: int, k1: int, k2: int):
+    def __init__(
+        self,
+        train_ids: Tensor,
+        val_ids: Tensor,
+        batch_size: int,
+        k1: int,
+        k2: int,
+        vocab=None,
+        sample_length: int = 0,
+    ):
         if k2 < k1:
             raise ValueError(f"k2 must be >= k1; got k1={k1}, k2={k2}")
         self.batches = StreamBatches(train_ids, batch_size, k1)
         self.val_ids = val_ids
+        self.vocab, self.sample_length = vocab, sample_length
+        self.unit = "word" if vocab is not None and vocab.kind == "word" else "char"
         self.batch_size, self.k1, self.k2 = batch_size, k1, k2
         self.position = 0  # the next update's chunk number within the epoch
         self.epoch = 0
@@ -61,6 +72,10 @@ class StreamTask:
     @property
     def updates_per_epoch(self) -> int:
         return len(self.batches)
+
+    @property
+    def has_validation(self) -> bool:
+        return len(self.val_ids) >= 2
 
     def window(self, c: int) -> tuple[int, int, int]:
         """(s, s_next, e) of update c: its window [s, e) and the next window's start."""
@@ -92,9 +107,18 @@ class StreamTask:
         return loss
 
     @torch.no_grad()
-    def evaluate(self, model) -> float:
+    def evaluate(self, model) -> dict[str, float]:
         """Mean cross entropy (nats per token) over the validation tokens, from a zero state."""
-        return evaluate_stream(model, self.val_ids, self.batch_size, self.k1)
+        return {"val_loss": evaluate_stream(model, self.val_ids, self.batch_size, self.k1)}
+
+    def report(self, model, step: int) -> str | None:
+        """A short sample primed with a newline, shown at each validation."""
+        if not self.sample_length or self.vocab is None:
+            return None
+        prime = [self.vocab.index.get("\n", 0)]
+        generator = torch.Generator().manual_seed(step)
+        ids = model.generate(prime, self.sample_length, temperature=0.8, generator=generator)
+        return f"--- sample at step {step} ---\n{self.vocab.decode(ids)}\n---"
 
     # -- resumption ----------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, Tensor], dict]:

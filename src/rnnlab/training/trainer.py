@@ -66,8 +66,8 @@ class TrainResult:
     last_train_loss: float | None
     interrupted: bool
     out: Path | None
-    model: LanguageModel
-    vocab: Vocabulary
+    model: torch.nn.Module
+    vocab: Vocabulary | None
     clipped_fraction: float = 0.0
     skipped_updates: int = 0
     stop_reason: str = ""
@@ -120,7 +120,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
 
 
 def sample_text(model, vocab: Vocabulary, length: int, temperature=0.8, seed=0) -> str:
-    """A short sample primed with a newline (or the first token), for progress reports."""
+    """A sample primed with a newline (or the first token)."""
     prime = [vocab.index.get("\n", 0)]
     gen = torch.Generator().manual_seed(seed)
     return vocab.decode(model.generate(prime, length, temperature=temperature, generator=gen))
@@ -168,18 +168,28 @@ class MetricsLog:
 
 
 class Trainer:
-    """Runs ``task`` on ``model`` as ``config`` says; see the module docstring for one update."""
+    """Runs ``task`` on ``model`` as ``config`` says; see the module docstring for one update.
+
+    ``task`` provides ``training_loss(model) -> Tensor`` (the next batch's loss),
+    ``evaluate(model) -> {"val_loss": ..., other metrics}``, ``has_validation``,
+    ``tokens_per_update``, ``unit`` (what a token is, for speeds), ``updates_per_epoch``,
+    ``state_dict() -> (tensors, json)`` / ``load_state_dict`` for resumption, and optionally
+    ``report(model, step) -> str | None`` shown at each validation (a sample, say).
+    ``checkpointer(directory, training_state, **info)`` writes a checkpoint directory;
+    ``training_state`` is None for ``best/`` and (tensors, json) for ``last/``.
+    """
 
     def __init__(
         self,
         model,
         task,
         config: TrainConfig,
-        vocab: Vocabulary,
+        checkpointer,
         log=print,
         handle_signals: bool = False,
     ):
-        self.model, self.task, self.config, self.vocab = model, task, config, vocab
+        self.model, self.task, self.config = model, task, config
+        self.checkpointer = checkpointer
         self.log, self.handle_signals = log, handle_signals
         self.out = Path(config.output.out)
         self.optimizer = build_optimizer(model, config)
@@ -192,7 +202,7 @@ class Trainer:
         self.evals_since_best = 0
         self.clipped_steps = self.skipped_steps = self.nonfinite_streak = 0
         self.stop_requested = False
-        self.unit = "char" if vocab.kind == "char" else "word"
+        self.unit = task.unit
 
     def _make_probe(self):
         if self.config.optim.pascanu_alpha <= 0:
@@ -248,16 +258,7 @@ class Trainer:
 
     def save(self, name: str, **info) -> None:
         state = self.training_state() if name == "last" else None
-        save_checkpoint(
-            self.out / name,
-            self.model,
-            self.config,
-            self.vocab,
-            state,
-            step=self.step,
-            val_loss=self.last_val,
-            **info,
-        )
+        self.checkpointer(self.out / name, state, step=self.step, val_loss=self.last_val, **info)
 
     # -- one update ---------------------------------------------------------------------
     def progress(self) -> float:
@@ -323,8 +324,9 @@ class Trainer:
     def validate(self, report) -> None:
         record = {"kind": "eval", "step": self.step, "train_loss": self.last_train}
         if self.has_validation:
-            self.last_val = self.task.evaluate(self.model)
-            record["val_loss"] = self.last_val
+            metrics = self.task.evaluate(self.model)
+            self.last_val = metrics["val_loss"]
+            record.update(metrics)
             improved = self.best is None or self.last_val < self.best
             if self.schedule.observe(self.last_val):
                 report(
@@ -333,27 +335,25 @@ class Trainer:
             self.evals_since_best = 0 if improved else self.evals_since_best + 1
             speed = self.step * self.task.tokens_per_update / max(self.train_seconds, 1e-9)
             u = self.unit
+            extra = "".join(f", {k} {v:.4f}" for k, v in metrics.items() if k != "val_loss")
             report(
                 f"step {self.step}: train {self.last_train:.4f}, val {self.last_val:.4f} "
-                f"nats/{u} ({self.last_val / LN2:.3f} bits/{u}), {speed:,.0f} {u}s/s"
+                f"nats/{u} ({self.last_val / LN2:.3f} bits/{u}){extra}, {speed:,.0f} {u}s/s"
                 + (" (best)" if improved else "")
             )
             if improved:
                 self.best = self.last_val
                 self.save("best")
-        n = self.config.output.sample_length
-        if n:
-            report(
-                f"--- sample at step {self.step} ---\n"
-                f"{sample_text(self.model, self.vocab, n, seed=self.step)}\n---"
-            )
+        text = self.task.report(self.model, self.step) if hasattr(self.task, "report") else None
+        if text:
+            report(text)
         self.metrics.write(record)
         self.metrics.flush()
         self.save("last")
 
     @property
     def has_validation(self) -> bool:
-        return len(self.task.val_ids) >= 2
+        return self.task.has_validation
 
     # -- the loop -----------------------------------------------------------------------
     def _stop_reason(self) -> str | None:
@@ -466,7 +466,7 @@ class Trainer:
             interrupted=interrupted,
             out=self.out,
             model=self.model,
-            vocab=self.vocab,
+            vocab=getattr(self.task, "vocab", None),
             clipped_fraction=self.clipped_steps / max(self.step, 1),
             skipped_updates=self.skipped_steps,
             stop_reason=reason,
@@ -491,8 +491,20 @@ def train(
     config = replace(config, model=replace(config.model, vocab_size=len(vocab)))
     torch.manual_seed(config.output.seed)
     model = LanguageModel(config.model)
-    task = StreamTask(train_ids, val_ids, config.optim.batch_size, config.optim.k1, config.optim.k2)
-    trainer = Trainer(model, task, config, vocab, log, handle_signals)
+    task = StreamTask(
+        train_ids,
+        val_ids,
+        config.optim.batch_size,
+        config.optim.k1,
+        config.optim.k2,
+        vocab,
+        config.output.sample_length,
+    )
+
+    def checkpointer(directory, training_state, **info):
+        save_checkpoint(directory, model, config, vocab, training_state, **info)
+
+    trainer = Trainer(model, task, config, checkpointer, log, handle_signals)
     if resume is not None:
         tensors, meta = load_training_state(resume)
         saved_model, saved_vocab, _, _ = load_checkpoint(resolve_last(resume))
