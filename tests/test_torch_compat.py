@@ -19,6 +19,7 @@ CELLS = {
     "rnn-relu": (rnnlab.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
     "lstm": (rnnlab.LSTM, torch.nn.LSTM, {}),
     "gru": (rnnlab.GRU, torch.nn.GRU, {}),
+    "lstm-proj": (rnnlab.LSTM, torch.nn.LSTM, {"proj_size": 3}),
 }
 CONFIGS = list(
     itertools.product(
@@ -89,14 +90,16 @@ def test_matches_torch_nn(cell, layers, bidirectional, batch_first, bias, varlen
     g = torch.Generator().manual_seed(1)
     shape = (N, T, I) if batch_first else (T, N, I)
     x = torch.randn(shape, generator=g, dtype=dtype, requires_grad=True)
+    sizes = ours.state_sizes()
     state = tuple(
-        torch.randn(D * layers, N, H, generator=g, dtype=dtype, requires_grad=True)
-        for _ in (range(2) if cell == "lstm" else range(1))
+        torch.randn(D * layers, N, size, generator=g, dtype=dtype, requires_grad=True)
+        for size in sizes
     )
-    state = state if cell == "lstm" else state[0]
-    out_shape = (N, T, D * H) if batch_first else (T, N, D * H)
+    state = state if len(sizes) == 2 else state[0]
+    out = ours.output_size
+    out_shape = (N, T, D * out) if batch_first else (T, N, D * out)
     weights = [torch.randn(out_shape, generator=g, dtype=dtype)]
-    weights += [torch.randn(D * layers, N, H, generator=g, dtype=dtype) for _ in states_of(state)]
+    weights += [torch.randn(D * layers, N, size, generator=g, dtype=dtype) for size in sizes]
     lengths = torch.tensor(LENGTHS) if varlen else None
 
     expected = run_and_grads(reference, x, state, lengths, varlen, batch_first, weights)

@@ -46,7 +46,13 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from rnnlab.cells.elman import check_nonlinearity, elman_sequence, elman_sequence_reference
 from rnnlab.cells.gru import check_gru_form, gru_sequence, gru_sequence_reference
 from rnnlab.cells.jordan import check_output, jordan_sequence, jordan_sequence_reference
-from rnnlab.cells.lstm import lstm_sequence, lstm_sequence_reference
+from rnnlab.cells.lstm import (
+    init_forget_bias,
+    lstm_ext_sequence,
+    lstm_ext_sequence_reference,
+    lstm_sequence,
+    lstm_sequence_reference,
+)
 from rnnlab.cells.pascanu import check_sigma, pascanu_sequence, pascanu_sequence_reference
 from rnnlab.init import Init, apply_init
 
@@ -478,21 +484,137 @@ class RNN(_Stack):
 class LSTM(_Stack):
     r"""LSTM stack with ``torch.nn.LSTM``'s gates (i, f, g, o), layout and names.
 
-    Returns ``(output, (h_n, c_n))``, each state of shape (D*num_layers, N, H).
-    The equations and the hand-derived backward are in :mod:`rnnlab.cells.lstm`.
+    Returns ``(output, (h_n, c_n))``, states of shape (D*num_layers, N, P) and (D*num_layers,
+    N, H), P = ``proj_size`` or H.  The equations and the hand-derived backward are in
+    :mod:`rnnlab.cells.lstm`.  Options beyond ``torch.nn`` (each off by default):
+
+    * ``proj_size`` (as ``torch.nn.LSTM``): h_t = W_hr (o_t * tanh(c_t)), parameter
+      ``weight_hr_l{k}`` (P, H);
+    * ``peephole``: the gates see the cell, parameter ``peephole_l{k}`` (3, H) = [w_ci; w_cf;
+      w_co];
+    * ``layer_norm``: Ba et al.'s LN-LSTM, parameters ``ln_{gamma,beta}_{x,h,c}_l{k}``
+      (initialised to 1 and 0);
+    * ``forget_bias``: initial forget-gate bias (b_ih_f + b_hh_f); None keeps torch.nn's
+      uniform init (1.0 is the common choice);
+    * ``recurrent_dropout``: variational dropout on h_{t-1} where it feeds W_hh, one mask per
+      sequence and layer (Gal & Ghahramani 2016), in training only;
+    * ``zoneout``: probability p (or a pair (p_h, p_c)) that a unit keeps its previous value
+      at a step (Krueger et al. 2017); training samples masks, evaluation uses the
+      expectation.
     """
 
     gate_count = 4
     state_names = ("h", "c")
     torch_class = nn.LSTM
 
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        proj_size=0,
+        peephole=False,
+        layer_norm=False,
+        forget_bias=None,
+        recurrent_dropout=0.0,
+        zoneout=0.0,
+        **kwargs,
+    ):
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+            raise ValueError(f"proj_size must be an integer >= 0; got {proj_size!r}")
+        if proj_size >= hidden_size:
+            raise ValueError(
+                f"proj_size must be smaller than hidden_size={hidden_size}; got {proj_size}"
+            )
+        if not 0.0 <= float(recurrent_dropout) < 1.0:
+            raise ValueError(f"recurrent_dropout must be in [0, 1); got {recurrent_dropout!r}")
+        zones = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else (zoneout, zoneout)
+        if len(zones) != 2 or not all(0.0 <= float(z) < 1.0 for z in zones):
+            raise ValueError(f"zoneout must be p or (p_h, p_c), each in [0, 1); got {zoneout!r}")
+        self.proj_size = proj_size
+        self.peephole = bool(peephole)
+        self.layer_norm = bool(layer_norm)
+        self.forget_bias = forget_bias
+        self.recurrent_dropout = float(recurrent_dropout)
+        self.zoneout = (float(zones[0]), float(zones[1]))
+        super().__init__(input_size, hidden_size, num_layers, **kwargs)
+
+    @property
+    def output_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
     def state_sizes(self) -> tuple[int, ...]:
         return (self.output_size, self.hidden_size)
 
-    def _run_direction(self, x, state, params):
-        run = lstm_sequence if self.backend == "fused" else lstm_sequence_reference
-        p = params
-        hs, cs = run(
+    @property
+    def has_options(self) -> bool:
+        """Whether any option beyond plain torch.nn.LSTM (projection aside) is on."""
+        return self.peephole or self.layer_norm or self.recurrent_dropout > 0 or any(self.zoneout)
+
+    def _parameter_shapes(self, layer_input: int) -> dict[str, tuple[int, ...]]:
+        shapes = super()._parameter_shapes(layer_input)
+        H = self.hidden_size
+        if self.proj_size:
+            shapes["weight_hr"] = (self.proj_size, H)
+        if self.peephole:
+            shapes["peephole"] = (3, H)
+        if self.layer_norm:
+            for part, size in (("x", 4 * H), ("h", 4 * H), ("c", H)):
+                shapes[f"ln_gamma_{part}"] = (size,)
+                shapes[f"ln_beta_{part}"] = (size,)
+        return shapes
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for name, p in self.named_parameters():
+            if name.startswith("ln_gamma"):
+                p.fill_(1.0)
+            elif name.startswith("ln_beta"):
+                p.zero_()
+        if self.forget_bias is not None:
+            if not self.bias:
+                raise ValueError("forget_bias needs bias=True")
+            for layer in range(self.num_layers):
+                for suffix in self.suffixes:
+                    p = self.direction_parameters(layer, suffix)
+                    init_forget_bias(p["bias_ih"], p["bias_hh"], float(self.forget_bias))
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        for name, off in (
+            ("proj_size", 0),
+            ("peephole", False),
+            ("layer_norm", False),
+            ("forget_bias", None),
+            ("recurrent_dropout", 0.0),
+            ("zoneout", (0.0, 0.0)),
+        ):
+            if getattr(self, name) != off:
+                s += f", {name}={getattr(self, name)}"
+        return s
+
+    def _run_layer(self, x, state, params, lengths):
+        """Draw this layer's masks (training only), then run it over the lengths."""
+        T, N = x.shape[:2]
+        rows, steps = {}, {}
+        if self.training and self.recurrent_dropout > 0:
+            keep = 1.0 - self.recurrent_dropout
+            mask = torch.bernoulli(x.new_full((N, self.output_size), keep))
+            rows["drop"] = mask / keep
+        if self.training and any(self.zoneout):
+            zh, zc = self.zoneout
+            steps["zone_h"] = torch.bernoulli(x.new_full((T, N, self.output_size), zh))
+            steps["zone_c"] = torch.bernoulli(x.new_full((T, N, self.hidden_size), zc))
+
+        def run(xs, st, step_tensors, row_tensors):
+            return self._run_direction(xs, st, params, step_tensors, row_tensors)
+
+        return run_segments(run, x, state, lengths, steps, rows)
+
+    def _run_direction(self, x, state, params, steps=None, rows=None):
+        p, steps, rows = params, steps or {}, rows or {}
+        args = (
             x,
             state[0],
             state[1],
@@ -501,7 +623,41 @@ class LSTM(_Stack):
             p.get("bias_ih"),
             p.get("bias_hh"),
         )
+        if not self.proj_size and not self.has_options:
+            run = lstm_sequence if self.backend == "fused" else lstm_sequence_reference
+            hs, cs = run(*args)
+            return hs, (hs[-1], cs[-1])
+        run = lstm_ext_sequence if self.backend == "fused" else lstm_ext_sequence_reference
+        ln = None
+        if self.layer_norm:
+            ln = tuple(p[f"ln_{k}_{part}"] for part in "xhc" for k in ("gamma", "beta"))
+        if self.training and any(self.zoneout):
+            zoneout = (steps["zone_h"], steps["zone_c"])
+        elif any(self.zoneout):
+            zoneout = self.zoneout  # evaluation: the expectation
+        else:
+            zoneout = None
+        hs, cs = run(
+            *args,
+            weight_hr=p.get("weight_hr"),
+            peephole=p.get("peephole"),
+            ln=ln,
+            drop_mask=rows.get("drop"),
+            zoneout=zoneout,
+        )
         return hs, (hs[-1], cs[-1])
+
+    def _torch_kwargs(self) -> dict:
+        if self.has_options:
+            raise ValueError(
+                "torch.nn.LSTM has no peephole, layer_norm, recurrent_dropout or "
+                "zoneout; cannot convert"
+            )
+        return {**super()._torch_kwargs(), "proj_size": self.proj_size}
+
+    @classmethod
+    def _kwargs_from_torch(cls, module) -> dict:
+        return {**super()._kwargs_from_torch(module), "proj_size": module.proj_size}
 
 
 class GRU(_Stack):

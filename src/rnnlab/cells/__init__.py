@@ -21,7 +21,19 @@ from rnnlab.cells.jordan import (
     jordan_sequence_reference,
     jordan_step,
 )
-from rnnlab.cells.lstm import LSTMFunction, lstm_sequence, lstm_sequence_reference, lstm_step
+from rnnlab.cells.lstm import (
+    LN_EPS,
+    LSTMExtFunction,
+    LSTMFunction,
+    LSTMLayerNorm,
+    init_forget_bias,
+    lstm_ext_sequence,
+    lstm_ext_sequence_reference,
+    lstm_ext_step,
+    lstm_sequence,
+    lstm_sequence_reference,
+    lstm_step,
+)
 from rnnlab.cells.pascanu import (
     PascanuFunction,
     pascanu_sequence,
@@ -30,6 +42,13 @@ from rnnlab.cells.pascanu import (
 )
 
 __all__ = [
+    "LN_EPS",
+    "LSTMExtFunction",
+    "LSTMLayerNorm",
+    "init_forget_bias",
+    "lstm_ext_sequence",
+    "lstm_ext_sequence_reference",
+    "lstm_ext_step",
     "JordanFunction",
     "PascanuFunction",
     "fed_output",
