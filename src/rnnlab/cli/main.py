@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 
 from rnnlab import __version__
-from rnnlab.cli import evaluate, sample, train
+from rnnlab.cli import evaluate, sample, task, train
 from rnnlab.cli.common import Parser, fail
 from rnnlab.errors import UserError
 
-COMMANDS = {"train": train, "sample": sample, "eval": evaluate}
+COMMANDS = {"train": train, "sample": sample, "eval": evaluate, "task": task}
 
 
 def build_parser() -> Parser:

@@ -44,28 +44,26 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def save_checkpoint(
+def write_checkpoint_dir(
     directory: str | Path,
-    model: LanguageModel,
-    config: TrainConfig,
-    vocab: Vocabulary,
+    weights: dict[str, torch.Tensor],
+    documents: dict[str, dict],
     training_state: tuple[dict, dict] | None = None,
-    **info,
 ) -> Path:
-    """Write a checkpoint directory atomically; ``info`` (step, val_loss, ...) goes to JSON.
-
-    ``training_state`` = (tensors, json) adds the files that resumption needs."""
+    """Write ``model.safetensors``, one JSON file per entry of ``documents`` and, if given,
+    the training state, into ``directory``, atomically: a temporary sibling directory is
+    filled, flushed and renamed into place (the old copy is kept as ``.NAME.old`` until the
+    new one is there)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     old = directory.with_name(f".{directory.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     save_file(weights, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-    meta = {"format": FORMAT, "version": VERSION, "rnnlab_version": __version__}
-    _write_json(tmp / "checkpoint.json", {**meta, "config": config.to_json(), **info})
-    _write_json(tmp / "vocab.json", vocab.to_json())
+    for name, document in documents.items():
+        _write_json(tmp / name, document)
     if training_state is not None:
         tensors, meta = training_state
         save_file(tensors, str(tmp / "training_state.safetensors"))
@@ -79,6 +77,71 @@ def save_checkpoint(
     os.replace(tmp, directory)
     shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: LanguageModel,
+    config: TrainConfig,
+    vocab: Vocabulary,
+    training_state: tuple[dict, dict] | None = None,
+    **info,
+) -> Path:
+    """Write a language-model checkpoint; ``info`` (step, val_loss, ...) goes to JSON.
+
+    ``training_state`` = (tensors, json) adds the files that resumption needs."""
+    meta = {"format": FORMAT, "version": VERSION, "rnnlab_version": __version__}
+    documents = {
+        "checkpoint.json": {**meta, "config": config.to_json(), **info},
+        "vocab.json": vocab.to_json(),
+    }
+    return write_checkpoint_dir(directory, model.state_dict(), documents, training_state)
+
+
+def save_model(
+    directory: str | Path,
+    model,
+    kind: str,
+    spec: dict,
+    training_state: tuple[dict, dict] | None = None,
+    **info,
+) -> Path:
+    """Write any model: weights, and ``checkpoint.json`` holding its ``kind`` and ``spec``
+    (everything needed to rebuild it: model config, vocabularies, task options)."""
+    meta = {"format": FORMAT, "version": VERSION, "rnnlab_version": __version__, "kind": kind}
+    documents = {"checkpoint.json": {**meta, "spec": spec, **info}}
+    return write_checkpoint_dir(directory, model.state_dict(), documents, training_state)
+
+
+def load_model(path: str | Path, build, kind: str | None = None):
+    """Load a checkpoint written by :func:`save_model`: ``(model, spec, info)``.
+
+    ``build(spec) -> nn.Module`` makes the empty model; ``kind``, if given, must match."""
+    directory = resolve(path)
+    for name in ("model.safetensors", "checkpoint.json"):
+        if not (directory / name).exists():
+            raise UserError(f"incomplete checkpoint {directory}: missing {name}")
+    try:
+        info = json.loads((directory / "checkpoint.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"corrupt checkpoint JSON in {directory}: {exc}") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise UserError(f"not an rnnlab checkpoint: {directory}/checkpoint.json")
+    if info.get("version") != VERSION:
+        raise UserError(
+            f"checkpoint {directory} has format version {info.get('version')!r}; this rnnlab "
+            f"({__version__}) reads version {VERSION}"
+        )
+    if kind is not None and info.get("kind") != kind:
+        raise UserError(f"checkpoint {directory} holds a {info.get('kind')!r}, not a {kind!r}")
+    try:
+        model = build(info["spec"])
+        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {directory} is damaged or inconsistent: {first}") from None
+    model.eval()
+    return model, info["spec"], info
 
 
 def resolve(path: str | Path) -> Path:
@@ -175,6 +238,9 @@ def restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -
 
 
 __all__ = [
+    "load_model",
+    "save_model",
+    "write_checkpoint_dir",
     "load_checkpoint",
     "load_training_state",
     "optimizer_state",

@@ -1,0 +1,31 @@
+"""``rnnlab task NAME [options]``: train, evaluate and report one worked example."""
+
+from __future__ import annotations
+
+import argparse
+
+from rnnlab import examples
+from rnnlab.cli.common import Parser
+from rnnlab.errors import UserError
+
+HELP = "train, evaluate and report a worked example (rnnlab task --list)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("name", nargs="?", metavar="NAME", help="the example to run")
+    p.add_argument("--list", action="store_true", help="describe the examples and exit")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the example's own options")
+
+
+def run(a) -> int:
+    if a.list or a.name is None:
+        for name in examples.available():
+            module = examples.get(name)
+            print(f"{name:16s} {module.ARCHITECTURE:14s} {module.DESCRIPTION}")
+        if a.name is None and not a.list:
+            raise UserError("name a task (see the list above), e.g. rnnlab task addition")
+        return 0
+    module = examples.get(a.name)
+    parser = Parser(prog=f"rnnlab task {a.name}", description=module.DESCRIPTION)
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(a.options))

@@ -1,0 +1,97 @@
+"""Supervised tasks over independent sequences: classification, tagging, generation, seq2seq.
+
+Unlike language modelling over streams (:mod:`rnnlab.training.streams`), each example is
+a whole sequence (or a pair of them): every update draws a minibatch of examples, runs the
+model from a fresh state and backpropagates through the whole sequences (full BPTT).
+Examples are shuffled once per epoch with a generator seeded by (seed, epoch), so the data
+order is reproducible and a resumed run continues with the same batches.
+
+The model-specific parts are three functions given by the caller::
+
+    collate(examples) -> batch                 # tensors, lengths, ...
+    loss_fn(model, batch) -> Tensor            # mean loss of the batch
+    metrics_fn(model, examples) -> dict        # {"val_loss": ..., "accuracy": ...}, no grad
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+class SupervisedTask:
+    """Shuffled minibatches of whole examples, for :class:`rnnlab.training.Trainer`."""
+
+    unit = "sequence"
+
+    def __init__(
+        self,
+        train: Sequence,
+        val: Sequence,
+        batch_size: int,
+        collate: Callable,
+        loss_fn: Callable,
+        metrics_fn: Callable,
+        seed: int = 0,
+        report_fn: Callable | None = None,
+    ):
+        if len(train) == 0:
+            raise ValueError("the training set is empty")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive; got {batch_size}")
+        self.train, self.val = train, val
+        self.batch_size = batch_size
+        self.collate, self.loss_fn, self.metrics_fn = collate, loss_fn, metrics_fn
+        self.report_fn = report_fn
+        self.seed = seed
+        self.epoch, self.position = 0, 0
+
+    @property
+    def updates_per_epoch(self) -> int:
+        return math.ceil(len(self.train) / self.batch_size)
+
+    @property
+    def tokens_per_update(self) -> int:
+        return self.batch_size
+
+    @property
+    def has_validation(self) -> bool:
+        return len(self.val) > 0
+
+    def order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.train), generator=generator)
+
+    def next_batch(self):
+        if self.position >= self.updates_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        start = self.position * self.batch_size
+        index = self.order(self.epoch)[start : start + self.batch_size]
+        self.position += 1
+        return self.collate([self.train[i] for i in index.tolist()])
+
+    def training_loss(self, model) -> torch.Tensor:
+        return self.loss_fn(model, self.next_batch())
+
+    @torch.no_grad()
+    def evaluate(self, model) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            metrics = self.metrics_fn(model, self.val)
+        finally:
+            model.train(was_training)
+        if "val_loss" not in metrics:
+            raise ValueError("metrics_fn must return a dict with 'val_loss'")
+        return metrics
+
+    def report(self, model, step: int) -> str | None:
+        return self.report_fn(model, step) if self.report_fn is not None else None
+
+    def state_dict(self) -> tuple[dict, dict]:
+        return {}, {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, tensors: dict, meta: dict) -> None:
+        self.epoch, self.position = meta["epoch"], meta["position"]
