@@ -23,7 +23,7 @@ from rnnlab.data.vocab import KINDS
 from rnnlab.errors import UserError
 from rnnlab.layers import BACKENDS
 from rnnlab.models import CELLS
-from rnnlab.training import train
+from rnnlab.training import distributed, train
 from rnnlab.training.checkpoint import load_checkpoint, resolve_last
 from rnnlab.training.clipping import CLIP_MODES
 from rnnlab.training.config import GROUPS, OPTIMIZERS, TrainConfig, load_config, preset_names
@@ -84,6 +84,12 @@ FLAGS = [
         ("model", "backend"),
         dict(choices=BACKENDS),
         "fused: hand-derived BPTT; reference: autograd",
+    ),
+    (
+        "--dtype",
+        ("model", "dtype"),
+        dict(choices=("float32", "float64")),
+        "parameter precision (float64 for exact comparisons)",
     ),
     ("--optimizer", ("optim", "optimizer"), dict(choices=OPTIMIZERS), "optimiser"),
     ("--lr", ("optim", "lr"), dict(type=positive_float, metavar="X"), "learning rate"),
@@ -343,7 +349,13 @@ def config_from_args(a) -> TrainConfig:
 
 def run(a) -> int:
     config = config_from_args(a)
-    result = train(config, resume=a.resume, handle_signals=True)
+    dist = distributed.init_from_environment()  # under torchrun: join the process group
+    try:
+        result = train(config, resume=a.resume, handle_signals=True)
+    finally:
+        distributed.shutdown()
+    if not dist.is_main:
+        return 130 if result.interrupted else 0
     unit = "char" if result.vocab.kind == "char" else "word"
     print(
         f"trained {result.steps} steps in {result.train_seconds:.0f} s "

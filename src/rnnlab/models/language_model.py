@@ -45,6 +45,7 @@ class ModelConfig:
     dropout: dropout between recurrent layers and before the output layer.
     nonlinearity: activation of the rnn, pascanu and jordan cells (tanh, sigmoid, relu).
     hidden_recurrence: jordan only: also feed h_{t-1} back (hidden and output recurrence).
+    dtype: ``float32`` or ``float64`` (for exact comparisons).
     backend: ``fused`` (hand-derived BPTT) or ``reference`` (autograd through steps).
     """
 
@@ -57,6 +58,7 @@ class ModelConfig:
     nonlinearity: str = "tanh"
     backend: str = "fused"
     hidden_recurrence: bool = False
+    dtype: str = "float32"
 
     def __post_init__(self):
         if self.vocab_size < 0:
@@ -74,6 +76,8 @@ class ModelConfig:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64; got {self.dtype!r}")
         if self.cell == "pascanu" and self.nonlinearity == "relu":
             raise ValueError("the pascanu cell takes nonlinearity tanh or sigmoid")
         if self.cell == "jordan" and self.num_layers != 1:
@@ -115,6 +119,7 @@ class LanguageModel(nn.Module):
             self.rnn = RNN(E or V, H, nonlinearity=config.nonlinearity, **kwargs)
         self.drop = nn.Dropout(config.dropout)
         self.head = None if config.cell == "jordan" else nn.Linear(H, V)
+        self.to(getattr(torch, config.dtype))
 
     def _inputs(self, idx_tm: Tensor) -> Tensor:
         if self.embedding is not None:

@@ -61,6 +61,7 @@ class StreamTask:
         self.vocab, self.sample_length = vocab, sample_length
         self.unit = "word" if vocab is not None and vocab.kind == "word" else "char"
         self.batch_size, self.k1, self.k2 = batch_size, k1, k2
+        self.dist = None  # set by shard(): this process's share of the streams
         self.position = 0  # the next update's chunk number within the epoch
         self.epoch = 0
         self.carried = None  # detached state at the next window's start (None: zeros)
@@ -76,6 +77,13 @@ class StreamTask:
     @property
     def has_validation(self) -> bool:
         return len(self.val_ids) >= 2
+
+    def shard(self, dist) -> None:
+        """Keep this rank's contiguous share of the B streams (B must divide evenly)."""
+        rows = dist.shard(self.batch_size)
+        self.batches.inputs = self.batches.inputs[rows]
+        self.batches.targets = self.batches.targets[rows]
+        self.dist, self.rows = dist, rows
 
     def window(self, c: int) -> tuple[int, int, int]:
         """(s, s_next, e) of update c: its window [s, e) and the next window's start."""
@@ -109,7 +117,9 @@ class StreamTask:
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
         """Mean cross entropy (nats per token) over the validation tokens, from a zero state."""
-        return {"val_loss": evaluate_stream(model, self.val_ids, self.batch_size, self.k1)}
+        return {
+            "val_loss": evaluate_stream(model, self.val_ids, self.batch_size, self.k1, self.dist)
+        }
 
     def report(self, model, step: int) -> str | None:
         """A short sample primed with a newline, shown at each validation."""
@@ -122,7 +132,14 @@ class StreamTask:
 
     # -- resumption ----------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, Tensor], dict]:
-        tensors = {f"carried.{i}": t.contiguous() for i, t in enumerate(_as_tensors(self.carried))}
+        """Position and carried state of all B streams (gathered from every rank)."""
+        parts = _as_tensors(self.carried)
+        if self.dist is not None and self.dist.enabled:
+            flag = self.dist.any(self.carried is not None)
+            if flag and not parts:
+                raise RuntimeError("ranks disagree on whether a state is carried")
+            parts = [torch.cat(self.dist.gather(t), dim=1) for t in parts]
+        tensors = {f"carried.{i}": t.contiguous() for i, t in enumerate(parts)}
         meta = {
             "position": self.position,
             "epoch": self.epoch,
@@ -135,21 +152,32 @@ class StreamTask:
     def load_state_dict(self, tensors: dict[str, Tensor], meta: dict) -> None:
         self.position, self.epoch = meta["position"], meta["epoch"]
         parts = [tensors[f"carried.{i}"] for i in range(len(tensors))]
+        if self.dist is not None:  # this rank's streams of the saved global state
+            parts = [t[:, self.rows] for t in parts]
         kind = meta["carried"]
         self.carried = None if kind == "none" else (tuple(parts) if kind == "tuple" else parts[0])
 
 
 @torch.no_grad()
-def evaluate_stream(model, ids: Tensor, batch_size: int, seq_len: int) -> float:
-    """Mean cross entropy (nats per token) over ``ids``, carrying state across chunks."""
+def evaluate_stream(model, ids: Tensor, batch_size: int, seq_len: int, dist=None) -> float:
+    """Mean cross entropy (nats per token) over ``ids``, carrying state across chunks.
+
+    Distributed, each rank scores every ``world_size``-th stream and the sums are reduced,
+    so the result equals the one-process figure."""
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
     for x, y in eval_chunks(ids, batch_size, seq_len):
+        if dist is not None and dist.enabled:
+            x, y = x[dist.rank :: dist.world_size], y[dist.rank :: dist.world_size]
+            if len(x) == 0:
+                continue
         logits, _, state = model(x, state)
         total += torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
         ).item()
         count += y.numel()
     model.train(was_training)
+    if dist is not None and dist.enabled:
+        total, count = dist.sum(total, count)
     return total / count

@@ -47,6 +47,13 @@ class SupervisedTask:
         self.report_fn = report_fn
         self.seed = seed
         self.epoch, self.position = 0, 0
+        self.dist = None
+
+    def shard(self, dist) -> None:
+        """Distributed: each rank takes every world_size-th example of the global batch."""
+        if self.batch_size % dist.world_size:
+            dist.shard(self.batch_size)  # raises the divisibility error
+        self.dist = dist
 
     @property
     def updates_per_epoch(self) -> int:
@@ -69,6 +76,8 @@ class SupervisedTask:
             self.epoch, self.position = self.epoch + 1, 0
         start = self.position * self.batch_size
         index = self.order(self.epoch)[start : start + self.batch_size]
+        if self.dist is not None:
+            index = index[self.dist.rank :: self.dist.world_size]
         self.position += 1
         return self.collate([self.train[i] for i in index.tolist()])
 

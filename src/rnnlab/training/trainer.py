@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from rnnlab.data import Vocabulary, load_text, min_tokens, split_train_val
 from rnnlab.errors import UserError
 from rnnlab.models import LanguageModel
+from rnnlab.training import distributed
 from rnnlab.training.checkpoint import (
     load_checkpoint,
     load_training_state,
@@ -167,6 +168,15 @@ class MetricsLog:
             self.writer.close()
 
 
+class NullLog:
+    """What ranks other than 0 log to: nothing."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    flush = close = lambda self: None  # noqa: E731
+
+
 class Trainer:
     """Runs ``task`` on ``model`` as ``config`` says; see the module docstring for one update.
 
@@ -190,8 +200,14 @@ class Trainer:
     ):
         self.model, self.task, self.config = model, task, config
         self.checkpointer = checkpointer
-        self.log, self.handle_signals = log, handle_signals
+        self.handle_signals = handle_signals
         self.out = Path(config.output.out)
+        self.dist = distributed.current()
+        self.log = log if self.dist.is_main else (lambda message: None)
+        self.net = model  # what the task runs in training: the model, or its DDP wrapper
+        if self.dist.enabled:
+            task.shard(self.dist)
+            self.net = torch.nn.parallel.DistributedDataParallel(model)
         self.optimizer = build_optimizer(model, config)
         self.schedule = LRSchedule(config.schedule, config.optim.lr)
         self.probe = self._make_probe()
@@ -218,11 +234,14 @@ class Trainer:
 
     # -- state for --resume -------------------------------------------------------------
     def training_state(self) -> tuple[dict, dict]:
+        """Everything --resume needs; a collective when distributed (call on every rank)."""
         tensors, optim_meta = optimizer_state(self.optimizer)
         task_tensors, task_meta = self.task.state_dict()
         tensors.update({f"task.{k}": v for k, v in task_tensors.items()})
-        tensors["rng.torch"] = torch.get_rng_state()
+        for rank, rng in enumerate(self.dist.gather(torch.get_rng_state())):
+            tensors[f"rng.torch.{rank}"] = rng
         meta = {
+            "world_size": self.dist.world_size,
             "step": self.step,
             "train_seconds": self.train_seconds,
             "elapsed": self.elapsed,
@@ -242,7 +261,16 @@ class Trainer:
         restore_optimizer(self.optimizer, tensors, meta["optimizer"])
         task_tensors = {k[5:]: v for k, v in tensors.items() if k.startswith("task.")}
         self.task.load_state_dict(task_tensors, meta["task"])
-        torch.set_rng_state(tensors["rng.torch"])
+        own = tensors.get(f"rng.torch.{self.dist.rank}", tensors.get("rng.torch"))
+        if meta.get("world_size", 1) == self.dist.world_size and own is not None:
+            torch.set_rng_state(own)
+        else:  # streams are reassigned exactly; random streams (dropout) start anew
+            torch.manual_seed(self.config.output.seed + 7919 * self.dist.rank + meta["step"])
+            self.log(
+                f"resuming with {self.dist.world_size} processes instead of "
+                f"{meta.get('world_size', 1)}: data streams and carried states are reassigned "
+                "exactly; dropout masks are drawn from new random streams"
+            )
         self.schedule.load_state_dict(meta["schedule"])
         for key in (
             "step",
@@ -257,8 +285,12 @@ class Trainer:
         self.last_val, self.last_train = meta["last_val"], meta["last_train"]
 
     def save(self, name: str, **info) -> None:
+        """Write a checkpoint (rank 0 only; ``last/`` gathers state from every rank)."""
         state = self.training_state() if name == "last" else None
-        self.checkpointer(self.out / name, state, step=self.step, val_loss=self.last_val, **info)
+        if self.dist.is_main:
+            self.checkpointer(
+                self.out / name, state, step=self.step, val_loss=self.last_val, **info
+            )
 
     # -- one update ---------------------------------------------------------------------
     def progress(self) -> float:
@@ -279,7 +311,7 @@ class Trainer:
         if hasattr(self.model, "teacher_probability"):
             teacher_p = self.config.teacher.probability(self.step)
             self.model.teacher_probability = teacher_p
-        loss = self.task.training_loss(self.model)
+        loss = self.task.training_loss(self.net)
         total = loss
         if o.l1 or o.l2:
             total = total + weight_penalty(self.model.named_parameters(), o.l1, o.l2)
@@ -292,9 +324,11 @@ class Trainer:
                 alpha = o.pascanu_alpha
                 if o.pascanu_decay > 0:
                     alpha = alpha / (1 + self.step / o.pascanu_decay)
-                (alpha * omega).backward()
+                weight = self.probe.layer.weight_hh_l0
+                (grad,) = torch.autograd.grad(alpha * omega, weight)
+                weight.grad += self.dist.average_(grad)
         clip = clip_gradients(self.model.parameters(), o.clip, o.clip_mode)
-        loss_value = loss.item()
+        loss_value = self.dist.mean(loss.item())  # the global batch's loss
         record = {
             "kind": "train",
             "step": self.step + 1,
@@ -304,7 +338,7 @@ class Trainer:
             "lr": lr,
         }
         if omega is not None:
-            record["omega"] = omega.item()
+            record["omega"] = self.dist.mean(omega.item())
         if teacher_p is not None and self.config.model.cell == "jordan":
             record["teacher_p"] = teacher_p
         if math.isfinite(loss_value) and math.isfinite(clip.norm):
@@ -344,7 +378,9 @@ class Trainer:
             if improved:
                 self.best = self.last_val
                 self.save("best")
-        text = self.task.report(self.model, self.step) if hasattr(self.task, "report") else None
+        text = None
+        if self.dist.is_main and hasattr(self.task, "report"):
+            text = self.task.report(self.model, self.step)
         if text:
             report(text)
         self.metrics.write(record)
@@ -356,6 +392,18 @@ class Trainer:
         return self.task.has_validation
 
     # -- the loop -----------------------------------------------------------------------
+    STOP_REASONS = ("", "max_steps", "max_time", "early_stop", "interrupted")
+
+    def _agreed_stop_reason(self) -> str | None:
+        """Every rank stops at the same update: the most urgent local reason wins."""
+        reason = self._stop_reason()
+        if not self.dist.enabled:
+            return reason
+        code = self.STOP_REASONS.index(reason or "")
+        t = torch.tensor([code])
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return self.STOP_REASONS[int(t)] or None
+
     def _stop_reason(self) -> str | None:
         o, out = self.config.optim, self.config.output
         if self.stop_requested:
@@ -382,14 +430,16 @@ class Trainer:
 
     def run(self) -> TrainResult:
         c, o = self.config, self.config.optim
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(c.to_json(), indent=2) + "\n")
-        self.metrics = MetricsLog(self.out, c.output.tensorboard)
+        main = self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(c.to_json(), indent=2) + "\n")
+        self.metrics = MetricsLog(self.out, c.output.tensorboard) if main else NullLog()
         bar = tqdm(
             total=o.max_steps if o.max_steps is not None else round(o.max_time),
             initial=self.step if o.max_steps is not None else round(self.elapsed),
             unit="step" if o.max_steps is not None else "s",
-            disable=None if c.output.progress else True,
+            disable=None if c.output.progress and main else True,
             dynamic_ncols=True,
             leave=False,
         )
@@ -404,7 +454,7 @@ class Trainer:
         session_start = time.perf_counter() - self.elapsed
         try:
             self.model.train()
-            while (reason := self._stop_reason()) is None:
+            while (reason := self._agreed_stop_reason()) is None:
                 t0 = time.perf_counter()
                 record = self.update()
                 dt = time.perf_counter() - t0
@@ -433,6 +483,14 @@ class Trainer:
                     self.save("last")
         except KeyboardInterrupt:
             reason = "interrupted"
+        except RuntimeError as exc:
+            if not self.dist.enabled:
+                raise
+            first = str(exc).strip().splitlines()[0][:200]
+            raise UserError(
+                f"rank {self.dist.rank}: another process of this run failed ({first}); "
+                f"resume with: rnnlab train --resume {self.out}"
+            ) from None
         finally:
             bar.close()
             if previous_handler is not None:
@@ -512,11 +570,11 @@ def train(
             raise UserError(f"the training text differs from the one {resume} was trained on")
         model.load_state_dict(saved_model.state_dict())
         trainer.load_training_state(tensors, meta)
-        log(f"resuming {resume} at step {trainer.step}")
+        trainer.log(f"resuming {resume} at step {trainer.step}")
     else:
         n_params = sum(p.numel() for p in model.parameters())
-        log(describe(config))
-        log(
+        trainer.log(describe(config))
+        trainer.log(
             f"data: {len(train_ids):,} training and {len(val_ids):,} validation "
             f"{trainer.unit}s, vocabulary {len(vocab)}; model: {n_params:,} parameters; "
             f"{task.updates_per_epoch} updates per epoch"
