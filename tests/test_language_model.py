@@ -137,3 +137,65 @@ def test_training_lowers_validation_loss(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     evals = [line for line in lines if '"kind": "eval"' in line]
     assert len(lines) == 62 and len(evals) == 2 and '"val_loss"' in evals[0]
+
+
+def plain_generate(model, prime, length, temperature, generator):
+    """The reference: a whole forward pass of the model for every token."""
+    out, state = [], None
+    logits, _, state = model(torch.tensor([prime]))
+    for _ in range(length):
+        probs = torch.softmax(logits[0, -1].double() / temperature, dim=-1)
+        token = int(torch.multinomial(probs, 1, generator=generator))
+        out.append(token)
+        logits, _, state = model(torch.tensor([[token]]), state)
+    return out
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "pascanu", "jordan"])
+def test_fast_generation_gives_the_plain_paths_samples(cell):
+    torch.manual_seed(1)
+    layers = 1 if cell == "jordan" else 2
+    cfg = ModelConfig(
+        vocab_size=11,
+        cell=cell,
+        hidden_size=12,
+        num_layers=layers,
+        embedding_dim=5,
+        dtype="float64",
+        hidden_recurrence=cell == "jordan",
+    )
+    model = LanguageModel(cfg).eval()
+    fast = model.generate(
+        [3, 4, 5], 40, temperature=1.3, generator=torch.Generator().manual_seed(9)
+    )
+    with torch.no_grad():
+        plain = plain_generate(model, [3, 4, 5], 40, 1.3, torch.Generator().manual_seed(9))
+    assert fast == plain
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: __import__("rnnlab").LSTM(
+            3, 5, num_layers=2, proj_size=2, peephole=True, layer_norm=True, zoneout=0.2
+        ),
+        lambda: __import__("rnnlab").GRU(3, 5, num_layers=2, form="cho"),
+        lambda: __import__("rnnlab").RNN(3, 5, num_layers=3, nonlinearity="relu"),
+        lambda: __import__("rnnlab").PascanuRNN(3, 5, num_layers=2),
+    ],
+)
+def test_layer_step_equals_forward(make):
+    layer = make().double().eval()
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    whole, final = layer(x)
+    state, outs = None, []
+    for x_t in x:
+        out, state = layer.step(x_t, state)
+        outs.append(out)
+    torch.testing.assert_close(torch.stack(outs), whole, atol=1e-12, rtol=0)
+    for a, b in zip(
+        state if isinstance(state, tuple) else (state,),
+        final if isinstance(final, tuple) else (final,),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)

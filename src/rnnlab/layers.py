@@ -43,17 +43,34 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnlab.cells.elman import check_nonlinearity, elman_sequence, elman_sequence_reference
-from rnnlab.cells.gru import check_gru_form, gru_sequence, gru_sequence_reference
-from rnnlab.cells.jordan import check_output, jordan_sequence, jordan_sequence_reference
+from rnnlab.cells.elman import (
+    check_nonlinearity,
+    elman_sequence,
+    elman_sequence_reference,
+    elman_step,
+)
+from rnnlab.cells.gru import check_gru_form, gru_sequence, gru_sequence_reference, gru_step
+from rnnlab.cells.jordan import (
+    check_output,
+    jordan_sequence,
+    jordan_sequence_reference,
+    jordan_step,
+)
 from rnnlab.cells.lstm import (
     init_forget_bias,
     lstm_ext_sequence,
     lstm_ext_sequence_reference,
+    lstm_ext_step,
     lstm_sequence,
     lstm_sequence_reference,
+    lstm_step,
 )
-from rnnlab.cells.pascanu import check_sigma, pascanu_sequence, pascanu_sequence_reference
+from rnnlab.cells.pascanu import (
+    check_sigma,
+    pascanu_sequence,
+    pascanu_sequence_reference,
+    pascanu_step,
+)
 from rnnlab.init import Init, apply_init
 
 BACKENDS = ("fused", "reference")
@@ -382,6 +399,36 @@ class _Stack(nn.Module):
         """Full-length run of one direction: ``(out (T, N, H_out), final state tuple)``."""
         raise NotImplementedError
 
+    # -- one step at a time (generation) --------------------------------------------------
+    def step_parameters(self) -> list[dict[str, Tensor]]:
+        """Per-layer parameter dicts for :meth:`step`; look them up once per generation."""
+        return [self.direction_parameters(layer) for layer in range(self.num_layers)]
+
+    def step(self, x: Tensor, state=None, params=None, **options):
+        """Advance every layer by one time step: x (N, I) -> (output (N, H_out), state).
+
+        The lean path for generation: the cells' reference steps on the weights, no
+        lengths, no dropout, no input checks.  ``state`` has the layout of ``forward``'s.
+        """
+        if self.bidirectional:
+            raise ValueError("step() runs forward in time; this layer is bidirectional")
+        params = params if params is not None else self.step_parameters()
+        sizes = self.state_sizes()
+        if state is None:
+            layers = [tuple(x.new_zeros(x.shape[0], n) for n in sizes)] * self.num_layers
+        else:
+            parts = [state] if isinstance(state, Tensor) else list(state)
+            layers = [tuple(p[k] for p in parts) for k in range(self.num_layers)]
+        new = []
+        for k in range(self.num_layers):
+            x, layer_state = self._step_layer(x, layers[k], params[k], **options)
+            new.append(layer_state)
+        finals = [torch.stack([st[i] for st in new]) for i in range(len(sizes))]
+        return x, (finals[0] if len(finals) == 1 else tuple(finals))
+
+    def _step_layer(self, x, state, p, **options):
+        raise NotImplementedError
+
     # conversion -------------------------------------------------------------------------
     def _torch_kwargs(self) -> dict:
         return dict(
@@ -470,6 +517,18 @@ class RNN(_Stack):
             self.nonlinearity,
         )
         return hs, (hs[-1],)
+
+    def _step_layer(self, x, state, p):
+        h = elman_step(
+            x,
+            state[0],
+            p["weight_ih"],
+            p["weight_hh"],
+            p.get("bias_ih"),
+            p.get("bias_hh"),
+            self.nonlinearity,
+        )
+        return h, (h,)
 
     def _torch_kwargs(self) -> dict:
         if self.nonlinearity == "sigmoid":
@@ -647,6 +706,20 @@ class LSTM(_Stack):
         )
         return hs, (hs[-1], cs[-1])
 
+    def _step_layer(self, x, state, p):
+        args = (x, state, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
+        if not self.proj_size and not self.has_options:
+            h, c = lstm_step(*args)
+            return h, (h, c)
+        ln = None
+        if self.layer_norm:
+            ln = tuple(p[f"ln_{k}_{part}"] for part in "xhc" for k in ("gamma", "beta"))
+        zoneout = self.zoneout if any(self.zoneout) else None  # the evaluation expectation
+        h, c = lstm_ext_step(
+            *args, weight_hr=p.get("weight_hr"), peephole=p.get("peephole"), ln=ln, zoneout=zoneout
+        )
+        return h, (h, c)
+
     def _torch_kwargs(self) -> dict:
         if self.has_options:
             raise ValueError(
@@ -693,6 +766,18 @@ class GRU(_Stack):
         )
         return hs, (hs[-1],)
 
+    def _step_layer(self, x, state, p):
+        h = gru_step(
+            x,
+            state[0],
+            p["weight_ih"],
+            p["weight_hh"],
+            p.get("bias_ih"),
+            p.get("bias_hh"),
+            self.form,
+        )
+        return h, (h,)
+
     def _torch_kwargs(self) -> dict:
         if self.form != "torch":
             raise ValueError("torch.nn.GRU computes the 'torch' form only; cannot convert 'cho'")
@@ -730,6 +815,10 @@ class PascanuRNN(_Stack):
         )
         activation = torch.tanh if self.sigma == "tanh" else torch.sigmoid
         return activation(xs), (xs[-1],)
+
+    def _step_layer(self, u, state, p):
+        x = pascanu_step(u, state[0], p["weight_ih"], p["weight_hh"], p.get("bias"), self.sigma)
+        return (torch.tanh(x) if self.sigma == "tanh" else torch.sigmoid(x)), (x,)
 
 
 class JordanRNN(_Stack):
@@ -870,3 +959,22 @@ class JordanRNN(_Stack):
         )
         final = (hs[-1], ys[-1]) if self.hidden_recurrence else (ys[-1],)
         return ys, final
+
+    def _step_layer(self, x, state, p, teacher=None):
+        """``teacher`` (N, O): the output to feed (the true or sampled previous output)."""
+        h_prev, y_prev = (state[0], state[1]) if self.hidden_recurrence else (None, state[0])
+        y_fed = y_prev if teacher is None else teacher
+        h, y = jordan_step(
+            x,
+            (h_prev, y_fed),
+            p["weight_ih"],
+            p["weight_yh"],
+            p["weight_ho"],
+            p.get("bias_ih"),
+            p.get("bias_o"),
+            weight_hh=p.get("weight_hh"),
+            bias_hh=p.get("bias_hh"),
+            nonlinearity=self.nonlinearity,
+            output=self.output,
+        )
+        return y, ((h, y) if self.hidden_recurrence else (y,))

@@ -175,17 +175,29 @@ class LanguageModel(nn.Module):
         was_training = self.training
         self.eval()
         device = self.rnn.weight_ih_l0.device
-        idx = torch.tensor([prime], device=device)
-        logits, _, state = self(idx)
+        logits, _, state = self(torch.tensor([prime], device=device))  # fused pass over the prime
+        last = logits[0, -1]
+        params = self.rnn.step_parameters()
         out = []
-        for _ in range(length):
-            last = logits[0, -1]
+        for i in range(length):
+            if i:
+                last, state = self._step(out[-1], state, params)
             if greedy:
                 token = int(last.argmax())
             else:
                 probs = torch.softmax(last.double() / temperature, dim=-1)
                 token = int(torch.multinomial(probs, 1, generator=generator))
             out.append(token)
-            logits, _, state = self(torch.tensor([[token]], device=device), state)
         self.train(was_training)
         return out
+
+    def _step(self, token: int, state, params):
+        """Logits of the next token after ``token``: one lean step of every layer."""
+        index = torch.tensor([token], device=self.rnn.weight_ih_l0.device)
+        x = self._inputs(index)
+        if self.head is None:  # jordan: feed the token just emitted as the previous output
+            teacher = F.one_hot(index, self.config.vocab_size).to(x.dtype)
+            y, state = self.rnn.step(x, state, params, teacher=teacher)
+            return y[0], state
+        h, state = self.rnn.step(x, state, params)
+        return self.head(h)[0], state
