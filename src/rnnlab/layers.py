@@ -180,6 +180,11 @@ def run_segments(run, x, state, lengths, steps=None, rows=None):
 # -- the stack ----------------------------------------------------------------------------------
 
 
+def _weights(p: dict) -> tuple:
+    """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of a parameter dict (biases may be None)."""
+    return p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")
+
+
 class _Stack(nn.Module):
     """Common plumbing of a stack of recurrent layers: parameters, shapes, directions, lengths.
 
@@ -507,27 +512,11 @@ class RNN(_Stack):
     def _run_direction(self, x, state, params):
         run = elman_sequence if self.backend == "fused" else elman_sequence_reference
         p = params
-        hs = run(
-            x,
-            state[0],
-            p["weight_ih"],
-            p["weight_hh"],
-            p.get("bias_ih"),
-            p.get("bias_hh"),
-            self.nonlinearity,
-        )
+        hs = run(x, state[0], *_weights(p), self.nonlinearity)
         return hs, (hs[-1],)
 
     def _step_layer(self, x, state, p):
-        h = elman_step(
-            x,
-            state[0],
-            p["weight_ih"],
-            p["weight_hh"],
-            p.get("bias_ih"),
-            p.get("bias_hh"),
-            self.nonlinearity,
-        )
+        h = elman_step(x, state[0], *_weights(p), self.nonlinearity)
         return h, (h,)
 
     def _torch_kwargs(self) -> dict:
@@ -673,15 +662,7 @@ class LSTM(_Stack):
 
     def _run_direction(self, x, state, params, steps=None, rows=None):
         p, steps, rows = params, steps or {}, rows or {}
-        args = (
-            x,
-            state[0],
-            state[1],
-            p["weight_ih"],
-            p["weight_hh"],
-            p.get("bias_ih"),
-            p.get("bias_hh"),
-        )
+        args = (x, state[0], state[1], *_weights(p))
         if not self.proj_size and not self.has_options:
             run = lstm_sequence if self.backend == "fused" else lstm_sequence_reference
             hs, cs = run(*args)
@@ -707,7 +688,7 @@ class LSTM(_Stack):
         return hs, (hs[-1], cs[-1])
 
     def _step_layer(self, x, state, p):
-        args = (x, state, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
+        args = (x, state, *_weights(p))
         if not self.proj_size and not self.has_options:
             h, c = lstm_step(*args)
             return h, (h, c)
@@ -755,27 +736,11 @@ class GRU(_Stack):
     def _run_direction(self, x, state, params):
         run = gru_sequence if self.backend == "fused" else gru_sequence_reference
         p = params
-        hs = run(
-            x,
-            state[0],
-            p["weight_ih"],
-            p["weight_hh"],
-            p.get("bias_ih"),
-            p.get("bias_hh"),
-            self.form,
-        )
+        hs = run(x, state[0], *_weights(p), self.form)
         return hs, (hs[-1],)
 
     def _step_layer(self, x, state, p):
-        h = gru_step(
-            x,
-            state[0],
-            p["weight_ih"],
-            p["weight_hh"],
-            p.get("bias_ih"),
-            p.get("bias_hh"),
-            self.form,
-        )
+        h = gru_step(x, state[0], *_weights(p), self.form)
         return h, (h,)
 
     def _torch_kwargs(self) -> dict:
