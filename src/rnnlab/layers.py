@@ -568,6 +568,7 @@ class LSTM(_Stack):
         zoneout=0.0,
         **kwargs,
     ):
+        hidden_size = _check_positive_int("hidden_size", hidden_size)
         if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
             raise ValueError(f"proj_size must be an integer >= 0; got {proj_size!r}")
         if proj_size >= hidden_size:
