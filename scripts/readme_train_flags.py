@@ -1,6 +1,6 @@
 """Regenerate the `rnnlab train` flag table in README.md from the CLI's own flag list.
 
-    .venv/bin/python scripts/readme_train_flags.py
+.venv/bin/python scripts/readme_train_flags.py
 """
 
 from pathlib import Path

@@ -11,6 +11,7 @@ MODULES = [
     "rnnlab.cells.gru",
     "rnnlab.cells.pascanu",
     "rnnlab.cells.jordan",
+    "rnnlab.analysis.gradients",
     "rnnlab.layers",
     "rnnlab.data.vocab",
     "rnnlab.data.batching",

@@ -494,3 +494,15 @@ def test_pascanu_cell_trains_with_the_regulariser(tmp_path):
     result = train(cfg, text=TEXT, log=lambda m: None)
     records = train_records(tmp_path)
     assert all("omega" in r for r in records) and result.best_val_loss < math.log(27)
+
+
+def test_training_monitor_logs_gradient_flow_and_spectra(tmp_path):
+    cfg = small_config(tmp_path, max_steps=10).updated({"output": {"monitor_interval": 5}})
+    train(cfg, text=TEXT, log=lambda m: None)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    monitors = [r for r in map(json.loads, lines) if r["kind"] == "monitor"]
+    assert [r["step"] for r in monitors] == [5, 10]
+    for r in monitors:
+        assert 0 < r["spectral_radius.l0.f"] < 10
+        assert r["grad_log_rate.l0"] is not None and r["grad_ratio.l0"] > 0
+        assert 0 <= r["fraction_vanished.l0"] <= 1

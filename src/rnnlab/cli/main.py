@@ -5,11 +5,18 @@ from __future__ import annotations
 import sys
 
 from rnnlab import __version__
-from rnnlab.cli import evaluate, sample, task, train
+from rnnlab.cli import bench, diagnose, evaluate, sample, task, train
 from rnnlab.cli.common import Parser, fail
 from rnnlab.errors import UserError
 
-COMMANDS = {"train": train, "sample": sample, "eval": evaluate, "task": task}
+COMMANDS = {
+    "train": train,
+    "sample": sample,
+    "eval": evaluate,
+    "task": task,
+    "bench": bench,
+    "diagnose": diagnose,
+}
 
 
 def build_parser() -> Parser:

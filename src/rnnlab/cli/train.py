@@ -247,6 +247,12 @@ FLAGS = [
         "updates between saves of last/; 0: at validations",
     ),
     (
+        "--monitor-interval",
+        ("output", "monitor_interval"),
+        dict(type=nonnegative_int, metavar="N"),
+        "every N updates log gradient flow through time and spectral radii; 0: never",
+    ),
+    (
         "--early-stop",
         ("output", "early_stop"),
         dict(type=nonnegative_int, metavar="N"),

@@ -85,13 +85,16 @@ class OutputConfig:
     """out: run directory; eval_interval: updates between validations; checkpoint_interval:
     updates between saves of ``last/`` (0: at validations only); early_stop: stop after this
     many validations without improvement (0: never); sample_length: tokens sampled at each
-    validation (0: none); seed: seeds data order, initialisation, dropout and sampling;
-    progress: show a progress bar; tensorboard: also log to TensorBoard when installed."""
+    validation (0: none); monitor_interval: every this many updates, log gradient flow through
+    time and recurrent spectral radii (0: never); seed: seeds data order, initialisation,
+    dropout and sampling; progress: show a progress bar; tensorboard: also log to TensorBoard
+    when installed."""
 
     out: str = "runs/latest"
     eval_interval: int = 250
     checkpoint_interval: int = 0
     early_stop: int = 0
+    monitor_interval: int = 0
     sample_length: int = 200
     seed: int = 1337
     progress: bool = True
@@ -163,7 +166,7 @@ class TrainConfig:
         for name in ("eval_interval",):
             if getattr(out, name) < 1:
                 raise ValueError(f"{name} must be positive; got {getattr(out, name)}")
-        for name in ("checkpoint_interval", "early_stop", "sample_length"):
+        for name in ("checkpoint_interval", "early_stop", "sample_length", "monitor_interval"):
             if getattr(out, name) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(out, name)}")
 

@@ -85,6 +85,12 @@ class StreamTask:
         self.batches.targets = self.batches.targets[rows]
         self.dist, self.rows = dist, rows
 
+    def monitor_batch(self, sequences: int = 8) -> tuple[Tensor, Tensor]:
+        """A few streams of the latest window, for the gradient-flow monitor."""
+        s, _, e = self.window(max(self.position - 1, 0))
+        inputs, targets = self.batches.inputs, self.batches.targets
+        return inputs[:sequences, s:e], targets[:sequences, s:e]
+
     def window(self, c: int) -> tuple[int, int, int]:
         """(s, s_next, e) of update c: its window [s, e) and the next window's start."""
         e = (c + 1) * self.k1

@@ -387,6 +387,16 @@ class Trainer:
         self.metrics.flush()
         self.save("last")
 
+    def monitor(self) -> None:
+        """Gradient flow through time and spectral radii, logged as a "monitor" record."""
+        if not hasattr(self.task, "monitor_batch") or not self.dist.is_main:
+            return
+        from rnnlab.analysis.monitor import snapshot  # imported only when asked for
+
+        record = {"kind": "monitor", "step": self.step}
+        record.update(snapshot(self.model, self.task.monitor_batch()))
+        self.metrics.write(record)
+
     @property
     def has_validation(self) -> bool:
         return self.task.has_validation
@@ -477,6 +487,8 @@ class Trainer:
                 bar.set_postfix(
                     loss=f"{record['loss']:.3f}", speed=f"{speed:,.0f} {self.unit}/s", refresh=False
                 )
+                if c.output.monitor_interval and self.step % c.output.monitor_interval == 0:
+                    self.monitor()
                 if self.step % c.output.eval_interval == 0:
                     self.validate(report)
                 elif c.output.checkpoint_interval and self.step % c.output.checkpoint_interval == 0:

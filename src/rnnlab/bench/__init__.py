@@ -1,0 +1,1 @@
+"""Benchmarks; one module each (``long_range``: the pathological tasks)."""

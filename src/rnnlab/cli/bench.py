@@ -1,0 +1,85 @@
+"""``rnnlab bench long-range [...]``: benchmarks, one subcommand each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rnnlab.cli.common import positive_float, positive_int
+from rnnlab.errors import UserError
+
+HELP = "run a benchmark (rnnlab bench long-range --help)"
+
+
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    lr = sub.add_parser(
+        "long-range",
+        help="the pathological long-range tasks (Hochreiter 1997, Pascanu 2013)",
+        description="Train every (task, length, method, seed) cell until its test error is "
+        "under the task's threshold or the budget is spent; write results.json and results.md.",
+    )
+    lr.add_argument("--tasks", help="comma-separated task names (default: temporal-order,adding)")
+    lr.add_argument("--lengths", help="comma-separated lengths (default: 50,100)")
+    lr.add_argument(
+        "--methods",
+        help="comma-separated methods: sgd, sgd-c, sgd-cr (each may end in /sigmoid, /tanh, "
+        "/smart), lstm-adam, gru-adam, irnn (default: sgd,sgd-c,sgd-cr,lstm-adam)",
+    )
+    lr.add_argument("--seeds", type=positive_int, help="seeds per cell (default: 2)")
+    lr.add_argument(
+        "--budget",
+        default="quick",
+        help="quick (3,000 updates per cell), paper (250,000) or a number of updates",
+    )
+    lr.add_argument("--eval-interval", type=positive_int, help="updates between test checks")
+    lr.add_argument("--max-time", type=positive_float, help="seconds per cell (default: none)")
+    lr.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
+    lr.add_argument("--out", default="runs/bench-long-range", help="output directory")
+    lr.add_argument("--list", action="store_true", help="list tasks and methods and exit")
+    lr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(a) -> int:
+    return {"long-range": run_long_range}[a.bench](a)
+
+
+def run_long_range(a) -> int:
+    from rnnlab.bench.long_range import METHODS, QUICK_GRID, Grid, markdown_table, parse_budget
+    from rnnlab.tasks import TASKS
+
+    if a.list:
+        print("tasks:   " + ", ".join(TASKS))
+        print("methods: " + ", ".join(METHODS) + " (sgd methods: /sigmoid, /tanh, /smart)")
+        return 0
+    try:
+        max_updates, interval = parse_budget(a.budget)
+        lengths = tuple(int(x) for x in _list(a.lengths)) if a.lengths else QUICK_GRID["lengths"]
+    except ValueError as exc:
+        raise UserError(f"{exc}") from None
+    grid = Grid(
+        tasks=tuple(_list(a.tasks)) if a.tasks else tuple(QUICK_GRID["tasks"]),
+        lengths=tuple(lengths),
+        methods=tuple(_list(a.methods)) if a.methods else tuple(QUICK_GRID["methods"]),
+        seeds=a.seeds or QUICK_GRID["seeds"],
+        max_updates=max_updates,
+        eval_interval=a.eval_interval or interval,
+        max_time=a.max_time,
+    )
+    try:
+        grid.check()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    torch.set_num_threads(a.threads)
+    from rnnlab.bench.long_range import run_grid
+
+    out = Path(a.out)
+    rows = run_grid(grid, out, progress=not a.no_progress)
+    print(markdown_table(rows), end="")
+    print(f"results: {out / 'results.json'}, {out / 'results.md'}")
+    return 0
