@@ -157,3 +157,32 @@ def test_the_global_batch_must_split_evenly():
     assert Distributed(1, 2).shard(4) == slice(2, 4)
     with pytest.raises(UserError, match="--batch-size 4 is not divisible by the 3 processes"):
         Distributed(0, 3).shard(4)
+
+
+def test_a_task_example_runs_under_torchrun(tmp_path):
+    out = tmp_path / "digits"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "rnnlab",
+        "task",
+        "digits",
+        "--max-steps",
+        "20",
+        "--eval-interval",
+        "10",
+        "--batch-size",
+        "32",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("test accuracy") == 2  # rank 0's per-seed line and summary
+    assert json.loads((out / "results.json").read_text())["test_accuracy"]["mean"] > 0.2

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 
 from rnnlab import examples
 from rnnlab.cli.common import Parser
 from rnnlab.errors import UserError
+from rnnlab.training import distributed
 
 HELP = "train, evaluate and report a worked example (rnnlab task --list)"
 
@@ -28,4 +31,12 @@ def run(a) -> int:
     module = examples.get(a.name)
     parser = Parser(prog=f"rnnlab task {a.name}", description=module.DESCRIPTION)
     module.add_arguments(parser)
-    return module.run(parser.parse_args(a.options))
+    options = parser.parse_args(a.options)
+    dist = distributed.init_from_environment()  # under torchrun: join the process group
+    try:
+        if dist.is_main:
+            return module.run(options)
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            return module.run(options)  # rank 0 alone reports
+    finally:
+        distributed.shutdown()

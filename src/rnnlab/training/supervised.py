@@ -21,6 +21,18 @@ from collections.abc import Callable, Sequence
 import torch
 
 
+class BatchLoss(torch.nn.Module):
+    """``forward(batch) = loss_fn(model, batch)``: what DistributedDataParallel wraps, so
+    that a loss computed through any method of the model is synchronised across ranks."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch):
+        return self.loss_fn(self.model, batch)
+
+
 class SupervisedTask:
     """Shuffled minibatches of whole examples, for :class:`rnnlab.training.Trainer`."""
 
@@ -81,8 +93,16 @@ class SupervisedTask:
         self.position += 1
         return self.collate([self.train[i] for i in index.tolist()])
 
+    def loss_module(self, model) -> torch.nn.Module:
+        """The module a distributed run wraps in DistributedDataParallel."""
+        return BatchLoss(model, self.loss_fn)
+
     def training_loss(self, model) -> torch.Tensor:
-        return self.loss_fn(model, self.next_batch())
+        """``model``: the model, or (distributed) the DDP-wrapped :meth:`loss_module`."""
+        batch = self.next_batch()
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            return model(batch)
+        return self.loss_fn(model, batch)
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:

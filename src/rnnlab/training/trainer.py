@@ -207,7 +207,9 @@ class Trainer:
         self.net = model  # what the task runs in training: the model, or its DDP wrapper
         if self.dist.enabled:
             task.shard(self.dist)
-            self.net = torch.nn.parallel.DistributedDataParallel(model)
+            # A task whose loss is not the model's forward names the module DDP must wrap.
+            wrapped = task.loss_module(model) if hasattr(task, "loss_module") else model
+            self.net = torch.nn.parallel.DistributedDataParallel(wrapped)
         self.optimizer = build_optimizer(model, config)
         self.schedule = LRSchedule(config.schedule, config.optim.lr)
         self.probe = self._make_probe()
