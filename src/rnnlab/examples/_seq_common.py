@@ -493,7 +493,7 @@ def train_and_test(
         "task": kind,
         "test_examples": len(data["test"]),
         "exact_match": scores,
-        **({f"greedy_exact_match_by_{group[0]}": by_group} if group is not None else {}),
+        **({f"greedy_by_{group[0].replace(' ', '_')}": by_group} if group is not None else {}),
         "beam": args.beam,
         "length_penalty": args.length_penalty,
         "best_step": info.get("step"),

@@ -124,5 +124,16 @@ def run(args) -> int:
         return f"{e.text} -> {vocab.decode(output)!r} (expected {vocab.decode(e.target)!r})"
 
     longest = max(len(w) for w in WORDS)
-    train_and_test(model, build, KIND, spec, data, config, args, max_length=longest + 2, show=show)
+    train_and_test(
+        model,
+        build,
+        KIND,
+        spec,
+        data,
+        config,
+        args,
+        max_length=longest + 2,
+        show=show,
+        group=("digit", lambda i: WORDS[labels[test[i]]]),
+    )
     return 0
