@@ -504,7 +504,9 @@ def classify_seed(args, seed: int, name: str, train_all, test, classes, example:
         train_config(args, seed, out, example),
         loss_fn=noisy_loss(args.noise) if getattr(args, "noise", 0) else None,
     )
-    val_m, test_m = classification_metrics(best, val), classification_metrics(best, test)
+    nothing = {"val_loss": None, "accuracy": None}
+    val_m = classification_metrics(best, val) if val else nothing  # --val-fraction 0
+    test_m = classification_metrics(best, test)
     return {
         "seed": seed,
         "test_accuracy": test_m["accuracy"],
@@ -539,11 +541,11 @@ def run_classification(args, name: str, title: str, data, example: dict | None =
     for k in range(args.seeds):
         r = classify_seed(args, args.seed + k, name, train_all, test, classes, example or {})
         runs.append(r)
+        val = "none" if r["val_accuracy"] is None else f"{100 * r['val_accuracy']:.2f}%"
         print(
             f"seed {r['seed']}: test accuracy {100 * r['test_accuracy']:.2f}% "
-            f"({r['test_errors']} of {len(test)} wrong), validation accuracy "
-            f"{100 * r['val_accuracy']:.2f}%, {r['steps']} steps in {r['seconds']:.0f} s "
-            f"-> {r['out']}"
+            f"({r['test_errors']} of {len(test)} wrong), validation accuracy {val}, "
+            f"{r['steps']} steps in {r['seconds']:.0f} s -> {r['out']}"
         )
         if r["interrupted"]:
             return 130
