@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from rnnlab.cli.common import fraction, nonnegative_float, positive_float, positive_int
+from rnnlab.argtypes import fraction, nonnegative_float, positive_float, positive_int
 from rnnlab.errors import UserError
 from rnnlab.models.classifier import (
     ENCODER_CELLS,

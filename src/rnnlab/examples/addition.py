@@ -17,7 +17,7 @@ import random
 
 import torch
 
-from rnnlab.cli.common import positive_int
+from rnnlab.argtypes import positive_int
 from rnnlab.errors import UserError
 from rnnlab.examples._seq_common import (
     CharVocab,

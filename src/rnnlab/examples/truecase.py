@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rnnlab.cli.common import positive_int
+from rnnlab.argtypes import positive_int
 from rnnlab.data import load_text
 from rnnlab.examples._supervised_common import (
     TAGGER_KIND,
