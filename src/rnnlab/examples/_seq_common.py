@@ -25,6 +25,7 @@ from rnnlab.argtypes import fraction, nonnegative_float, positive_float, positiv
 from rnnlab.errors import UserError
 from rnnlab.models.generator import BOS, EOS, LAYERS, PAD
 from rnnlab.models.seq2seq import ATTENTIONS
+from rnnlab.training import distributed
 from rnnlab.training.checkpoint import load_model, save_model
 from rnnlab.training.config import OptimConfig, OutputConfig, TrainConfig
 from rnnlab.training.schedules import (
@@ -462,6 +463,7 @@ def train_and_test(
         loss_fn,
         lambda m, examples: validation_metrics(m, examples, max_length),
         seed=args.seed,
+        loss_unit="target token",
     )
 
     def checkpointer(directory, training_state, **info):
@@ -506,7 +508,8 @@ def train_and_test(
         "config": config.to_json(),
     }
     out = Path(result.out)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    if distributed.current().is_main:  # under torchrun, rank 0 alone writes
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     log(
         f"trained {result.steps} updates in {result.train_seconds:.0f} s of updates "
         f"({train_wall:.0f} s with validations); best checkpoint: step {info.get('step')}"

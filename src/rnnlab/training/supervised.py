@@ -48,6 +48,7 @@ class SupervisedTask:
         metrics_fn: Callable,
         seed: int = 0,
         report_fn: Callable | None = None,
+        loss_unit: str = "sequence",
     ):
         if len(train) == 0:
             raise ValueError("the training set is empty")
@@ -57,6 +58,7 @@ class SupervisedTask:
         self.batch_size = batch_size
         self.collate, self.loss_fn, self.metrics_fn = collate, loss_fn, metrics_fn
         self.report_fn = report_fn
+        self.loss_unit = loss_unit  # what loss_fn averages over, for the log lines
         self.seed = seed
         self.epoch, self.position = 0, 0
         self.dist = None

@@ -182,7 +182,8 @@ class Trainer:
 
     ``task`` provides ``training_loss(model) -> Tensor`` (the next batch's loss),
     ``evaluate(model) -> {"val_loss": ..., other metrics}``, ``has_validation``,
-    ``tokens_per_update``, ``unit`` (what a token is, for speeds), ``updates_per_epoch``,
+    ``tokens_per_update``, ``unit`` (what a token is, for speeds), optionally ``loss_unit``
+    (what the loss is averaged over, if not ``unit``: "target token"), ``updates_per_epoch``,
     ``state_dict() -> (tensors, json)`` / ``load_state_dict`` for resumption, and optionally
     ``report(model, step) -> str | None`` shown at each validation (a sample, say).
     ``checkpointer(directory, training_state, **info)`` writes a checkpoint directory;
@@ -221,6 +222,7 @@ class Trainer:
         self.clipped_steps = self.skipped_steps = self.nonfinite_streak = 0
         self.stop_requested = False
         self.unit = task.unit
+        self.loss_unit = getattr(task, "loss_unit", task.unit)
 
     def _make_probe(self):
         if self.config.optim.pascanu_alpha <= 0:
@@ -370,11 +372,11 @@ class Trainer:
                 )
             self.evals_since_best = 0 if improved else self.evals_since_best + 1
             speed = self.step * self.task.tokens_per_update / max(self.train_seconds, 1e-9)
-            u = self.unit
+            u, lu = self.unit, self.loss_unit
             extra = "".join(f", {k} {v:.4f}" for k, v in metrics.items() if k != "val_loss")
             report(
                 f"step {self.step}: train {self.last_train:.4f}, val {self.last_val:.4f} "
-                f"nats/{u} ({self.last_val / LN2:.3f} bits/{u}){extra}, {speed:,.0f} {u}s/s"
+                f"nats/{lu} ({self.last_val / LN2:.3f} bits/{lu}){extra}, {speed:,.0f} {u}s/s"
                 + (" (best)" if improved else "")
             )
             if improved:
