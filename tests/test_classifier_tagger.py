@@ -115,6 +115,22 @@ def test_mean_and_max_pooling_are_over_real_steps():
     torch.testing.assert_close(peak[1], outputs[1, :2].amax(0))
 
 
+def test_encode_is_the_summary_the_head_reads():
+    """``encode`` gives one (D*H)-vector per sequence, and the logits are the head on it."""
+    torch.manual_seed(0)
+    config = ClassifierConfig(
+        input_size=3, num_classes=4, hidden_size=5, bidirectional=True, pooling="max"
+    )
+    model = SequenceClassifier(config).double().eval()
+    x, lengths = torch.randn(3, 6, 3, dtype=torch.float64), torch.tensor([6, 2, 4])
+    vectors = model.encode(x, lengths)
+    assert vectors.shape == (3, 10)
+    torch.testing.assert_close(vectors, model.encoder.summary(x, lengths, "max"))
+    torch.testing.assert_close(model(x, lengths), model.head(vectors))
+    regressor = SequenceRegressor(RegressorConfig(input_size=3, output_size=2, hidden_size=5))
+    assert regressor.encode(x.float(), lengths).shape == (3, 5)
+
+
 def test_tagger_loss_ignores_padded_steps():
     torch.manual_seed(0)
     model = SequenceTagger(TaggerConfig(input_size=3, num_tags=3, hidden_size=4)).eval()

@@ -221,23 +221,35 @@ class SequenceEncoder(nn.Module):
         return outputs.masked_fill(~mask, float("-inf")).amax(1)
 
 
-class SequenceClassifier(nn.Module):
-    """Sequence -> class: ``forward(x, lengths=None) -> logits (N, C)``.
+class _SummaryHead(nn.Module):
+    """Encoder -> one summary vector per sequence -> dropout -> linear: the many-to-one
+    wiring both :class:`SequenceClassifier` and :class:`SequenceRegressor` use."""
 
-    ``loss(x, targets, lengths=None)``: mean cross entropy in nats, targets (N,) class ids;
-    ``predict(x, lengths=None)``: (N,) most likely classes, without gradients.
-    """
-
-    def __init__(self, config: ClassifierConfig):
+    def __init__(self, config: EncoderConfig, out_features: int):
         super().__init__()
         self.config = config
         self.encoder = SequenceEncoder(config, type(self).__name__)
         self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(self.encoder.output_size, config.num_classes)
+        self.head = nn.Linear(self.encoder.output_size, out_features)
+
+    def encode(self, x: Tensor, lengths=None) -> Tensor:
+        """The summary the head reads, one vector per sequence: (N, D*H)."""
+        return self.encoder.summary(x, lengths, self.config.pooling)
 
     def forward(self, x: Tensor, lengths=None) -> Tensor:
-        s = self.encoder.summary(x, lengths, self.config.pooling)
-        return self.head(self.drop(s))
+        return self.head(self.drop(self.encode(x, lengths)))
+
+
+class SequenceClassifier(_SummaryHead):
+    """Sequence -> class: ``forward(x, lengths=None) -> logits (N, C)``.
+
+    ``loss(x, targets, lengths=None)``: mean cross entropy in nats, targets (N,) class ids;
+    ``predict(x, lengths=None)``: (N,) most likely classes, without gradients;
+    ``encode(x, lengths=None)``: the (N, D*H) summary the decision is made from.
+    """
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__(config, config.num_classes)
 
     def loss(self, x: Tensor, targets: Tensor, lengths=None) -> Tensor:
         return F.cross_entropy(self(x, lengths), targets)
@@ -247,23 +259,16 @@ class SequenceClassifier(nn.Module):
         return self(x, lengths).argmax(-1)
 
 
-class SequenceRegressor(nn.Module):
+class SequenceRegressor(_SummaryHead):
     """Sequence -> real values: ``forward(x, lengths=None) -> (N, output_size)``.
 
     ``loss(x, targets, lengths=None)``: mean squared error, targets (N, output_size) or (N,)
-    when output_size is 1; ``predict`` is ``forward`` without gradients.
+    when output_size is 1; ``predict`` is ``forward`` without gradients; ``encode`` as in
+    :class:`SequenceClassifier`.
     """
 
     def __init__(self, config: RegressorConfig):
-        super().__init__()
-        self.config = config
-        self.encoder = SequenceEncoder(config, type(self).__name__)
-        self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(self.encoder.output_size, config.output_size)
-
-    def forward(self, x: Tensor, lengths=None) -> Tensor:
-        s = self.encoder.summary(x, lengths, self.config.pooling)
-        return self.head(self.drop(s))
+        super().__init__(config, config.output_size)
 
     def loss(self, x: Tensor, targets: Tensor, lengths=None) -> Tensor:
         y = self(x, lengths)
