@@ -50,6 +50,17 @@ def test_last_step_readout_follows_lengths():
         assert torch.allclose(model(one), pred[i : i + 1], atol=1e-5)
 
 
+def test_lstm_method_opens_the_forget_gate():
+    """lstm-adam starts with forget-gate bias 3 (b_ih_f + b_hh_f), the others at torch's."""
+    model = BenchModel(make_task("temporal-order", 20), parse_method("lstm-adam"))
+    H = 50
+    forget = slice(H, 2 * H)  # gates i, f, g, o
+    bias = model.rnn.bias_ih_l0[forget] + model.rnn.bias_hh_l0[forget]
+    torch.testing.assert_close(bias, torch.full((H,), 3.0))
+    plain = BenchModel(make_task("temporal-order", 20), parse_method("gru-adam"))
+    assert plain.rnn.bias_hh_l0.abs().max() < 1
+
+
 def test_smart_init_and_methods():
     model = BenchModel(make_task("adding", 20), parse_method("sgd-c"))
     w = model.rnn.weight_hh_l0.detach()
