@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import pad_sequence
 from rnnlab.argtypes import fraction, nonnegative_float, positive_float, positive_int
 from rnnlab.errors import UserError
 from rnnlab.models.generator import BOS, EOS, LAYERS, PAD
-from rnnlab.models.seq2seq import ATTENTIONS
+from rnnlab.models.seq2seq import ATTENTIONS, Seq2Seq, Seq2SeqConfig
 from rnnlab.training import distributed
 from rnnlab.training.checkpoint import load_model, save_model
 from rnnlab.training.config import OptimConfig, OutputConfig, TrainConfig
@@ -523,3 +523,78 @@ def train_and_test(
         log(f"  wrong: {show(e, o)}")
     log(f"results in {out / 'results.json'}")
     return results
+
+
+def decoding_settings(model_config, args, **extra) -> dict:
+    """What ``config.json`` records under ``example``: the model, the data settings in
+    ``extra`` and the test decoding."""
+    return {
+        **model_config.to_json(),
+        **extra,
+        "beam": args.beam,
+        "length_penalty": args.length_penalty,
+    }
+
+
+def shower(vocab: CharVocab, quote: bool = False) -> Callable[[Example, list[int]], str]:
+    """``show(example, output)`` for the report: source -> output (expected target)."""
+
+    def show(e: Example, output: list[int]) -> str:
+        source = repr(e.text) if quote else e.text
+        return f"{source} -> {vocab.decode(output)!r} (expected {vocab.decode(e.target)!r})"
+
+    return show
+
+
+def build_seq2seq(spec: dict) -> Seq2Seq:
+    return Seq2Seq(Seq2SeqConfig(**spec["model"]))
+
+
+def run_seq2seq(
+    args,
+    vocab: CharVocab,
+    parts: tuple,
+    make_examples: Callable,
+    kind: str,
+    max_length: int,
+    group: tuple[str, Callable[[int], str]],
+    spec_extra: dict | None = None,
+    settings_extra: dict | None = None,
+    quote: bool = False,
+) -> dict:
+    """The encoder-decoder examples' run: ``parts`` = (train, val, test) raw items, turned
+    into examples by ``make_examples(items, vocab)``; a :class:`Seq2Seq` built from the
+    command-line options, trained and tested by :func:`train_and_test`."""
+    data = {
+        name: make_examples(items, vocab)
+        for name, items in zip(("train", "val", "test"), parts, strict=True)
+    }
+    model_config = Seq2SeqConfig(
+        source_vocab_size=len(vocab),
+        target_vocab_size=len(vocab),
+        cell=args.cell,
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        embedding_dim=args.embedding,
+        bidirectional=args.bidirectional,
+        attention=args.attention,
+        dropout=args.dropout,
+    )
+    spec = {"model": model_config.to_json(), "vocab": vocab.to_json(), **(spec_extra or {})}
+    sizes = {k: getattr(args, k) for k in ("train_size", "val_size", "test_size")}
+    settings = decoding_settings(model_config, args, **(settings_extra or {}), **sizes)
+    config = train_config(args, settings)
+    torch.manual_seed(args.seed)
+    model = Seq2Seq(model_config)
+    return train_and_test(
+        model,
+        build_seq2seq,
+        kind,
+        spec,
+        data,
+        config,
+        args,
+        max_length=max_length,
+        show=shower(vocab, quote),
+        group=group,
+    )

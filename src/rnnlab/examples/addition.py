@@ -24,10 +24,8 @@ from rnnlab.examples._seq_common import (
     Defaults,
     Example,
     add_common_arguments,
-    train_and_test,
-    train_config,
+    run_seq2seq,
 )
-from rnnlab.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
 NAME = "addition"
 ARCHITECTURE = "seq2seq"
@@ -105,62 +103,24 @@ def examples(pairs, vocab: CharVocab) -> list[Example]:
     return out
 
 
-def build(spec: dict) -> Seq2Seq:
-    return Seq2Seq(Seq2SeqConfig(**spec["model"]))
-
-
 def run(args) -> int:
     train, val, test = make_data(
         args.digits, args.train_size, args.val_size, args.test_size, args.seed
     )
-    vocab = CharVocab("+0123456789")
-    data = {
-        "train": examples(train, vocab),
-        "val": examples(val, vocab),
-        "test": examples(test, vocab),
-    }
-    model_config = Seq2SeqConfig(
-        source_vocab_size=len(vocab),
-        target_vocab_size=len(vocab),
-        cell=args.cell,
-        hidden_size=args.hidden,
-        num_layers=args.layers,
-        embedding_dim=args.embedding,
-        bidirectional=args.bidirectional,
-        attention=args.attention,
-        dropout=args.dropout,
-    )
-    spec = {"model": model_config.to_json(), "vocab": vocab.to_json(), "digits": args.digits}
-    example = {
-        **model_config.to_json(),
-        "digits": args.digits,
-        "train_size": args.train_size,
-        "val_size": args.val_size,
-        "test_size": args.test_size,
-        "beam": args.beam,
-        "length_penalty": args.length_penalty,
-    }
-    config = train_config(args, example)
-    torch.manual_seed(args.seed)
-    model = Seq2Seq(model_config)
-
-    def show(e: Example, output: list[int]) -> str:
-        return f"{e.text} -> {vocab.decode(output)!r} (expected {vocab.decode(e.target)!r})"
 
     def operand_lengths(i: int) -> str:
         a, b = test[i]
         return f"{len(str(a))}+{len(str(b))} digits"
 
-    train_and_test(
-        model,
-        build,
-        KIND,
-        spec,
-        data,
-        config,
+    run_seq2seq(
         args,
+        CharVocab("+0123456789"),
+        (train, val, test),
+        examples,
+        KIND,
         max_length=args.digits + 3,
-        show=show,
         group=("operand lengths", operand_lengths),
+        spec_extra={"digits": args.digits},
+        settings_extra={"digits": args.digits},
     )
     return 0

@@ -43,10 +43,8 @@ from rnnlab.examples._seq_common import (
     Defaults,
     Example,
     add_common_arguments,
-    train_and_test,
-    train_config,
+    run_seq2seq,
 )
-from rnnlab.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
 NAME = "dates"
 ARCHITECTURE = "seq2seq"
@@ -141,59 +139,20 @@ def examples(dates, vocab: CharVocab) -> list[Example]:
     return out
 
 
-def build(spec: dict) -> Seq2Seq:
-    return Seq2Seq(Seq2SeqConfig(**spec["model"]))
-
-
 def add_arguments(p) -> None:
     add_common_arguments(p, DEFAULTS)
 
 
 def run(args) -> int:
     train, val, test = make_data(args.train_size, args.val_size, args.test_size, args.seed)
-    vocab = vocabulary()
-    data = {
-        "train": examples(train, vocab),
-        "val": examples(val, vocab),
-        "test": examples(test, vocab),
-    }
-    model_config = Seq2SeqConfig(
-        source_vocab_size=len(vocab),
-        target_vocab_size=len(vocab),
-        cell=args.cell,
-        hidden_size=args.hidden,
-        num_layers=args.layers,
-        embedding_dim=args.embedding,
-        bidirectional=args.bidirectional,
-        attention=args.attention,
-        dropout=args.dropout,
-    )
-    spec = {"model": model_config.to_json(), "vocab": vocab.to_json()}
-    example = {
-        **model_config.to_json(),
-        "train_size": args.train_size,
-        "val_size": args.val_size,
-        "test_size": args.test_size,
-        "beam": args.beam,
-        "length_penalty": args.length_penalty,
-    }
-    config = train_config(args, example)
-    torch.manual_seed(args.seed)
-    model = Seq2Seq(model_config)
-
-    def show(e: Example, output: list[int]) -> str:
-        return f"{e.text!r} -> {vocab.decode(output)!r} (expected {vocab.decode(e.target)!r})"
-
-    train_and_test(
-        model,
-        build,
-        KIND,
-        spec,
-        data,
-        config,
+    run_seq2seq(
         args,
+        vocabulary(),
+        (train, val, test),
+        examples,
+        KIND,
         max_length=12,
-        show=show,
         group=("format", lambda i: test[i][1]),
+        quote=True,
     )
     return 0

@@ -24,6 +24,8 @@ from rnnlab.examples._seq_common import (
     Defaults,
     Example,
     add_common_arguments,
+    decoding_settings,
+    shower,
     train_and_test,
     train_config,
 )
@@ -109,19 +111,12 @@ def run(args) -> int:
         dropout=args.dropout,
     )
     spec = {"model": model_config.to_json(), "vocab": vocab.to_json(), "words": list(WORDS)}
-    example_settings = {
-        **model_config.to_json(),
-        "test_fraction": TEST_FRACTION,
-        "val_fraction": VAL_FRACTION,
-        "beam": args.beam,
-        "length_penalty": args.length_penalty,
-    }
+    example_settings = decoding_settings(
+        model_config, args, test_fraction=TEST_FRACTION, val_fraction=VAL_FRACTION
+    )
     config = train_config(args, example_settings)
     torch.manual_seed(args.seed)
     model = ConditionalGenerator(model_config)
-
-    def show(e: Example, output: list[int]) -> str:
-        return f"{e.text} -> {vocab.decode(output)!r} (expected {vocab.decode(e.target)!r})"
 
     longest = max(len(w) for w in WORDS)
     train_and_test(
@@ -133,7 +128,7 @@ def run(args) -> int:
         config,
         args,
         max_length=longest + 2,
-        show=show,
+        show=shower(vocab),
         group=("digit", lambda i: WORDS[labels[test[i]]]),
     )
     return 0
