@@ -312,6 +312,45 @@ def test_stratified_split_and_standardizer():
     torch.testing.assert_close(steps.std(0), torch.ones(2), atol=1e-5, rtol=0)
 
 
+def test_time_warp_keeps_each_sequence_ends_and_its_range():
+    xs = [torch.arange(10.0).unsqueeze(1), torch.arange(4.0).unsqueeze(1) * 2]
+    b = common.collate([(x, k) for k, x in enumerate(xs)])
+    torch.manual_seed(0)
+    for _ in range(20):
+        w = common.time_warp(b, 0.3)
+        assert w.y.tolist() == [0, 1] and w.x.shape[0] == 2
+        for x, T, T_new, original in zip(w.x, b.lengths, w.lengths, xs, strict=True):
+            assert round(0.7 * T.item()) <= T_new <= round(1.3 * T.item())
+            assert x[0, 0] == original[0, 0] and x[T_new - 1, 0] == original[-1, 0]
+            assert (x[:T_new, 0].diff() >= 0).all()  # rising inputs stay rising
+    assert common.time_warp(b, 0.0).x.equal(b.x)
+
+
+def test_averaging_task_returns_the_mean_of_the_last_weights():
+    model = torch.nn.Linear(1, 2)
+    examples = [(torch.randn(1), 0)] * 4
+    task = common.AveragingTask(
+        model,
+        1,
+        examples,
+        [],
+        2,
+        lambda e: torch.stack([x for x, _ in e]),
+        lambda m, x: m(x).square().mean(),
+        lambda m, e: {"val_loss": 0.0},
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    for _ in range(3):  # weights after updates 2 and 3 are averaged (start=1)
+        loss = task.training_loss(model)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen.append(model.weight.detach().clone())
+    assert task.finish() == 2
+    assert torch.allclose(model.weight, (seen[1] + seen[2]) / 2)
+
+
 def test_truecase_data_and_baselines():
     text = "ROMEO:\nI will. Go, Romeo!\n" * 20
     lowered, tags = lower_and_tags("Ab É")
@@ -395,6 +434,8 @@ def test_japanese_vowels_task_runs(capsys, tmp_path):
         "4",
         "--eval-interval",
         "2",
+        "--val-fraction",
+        "0.1",
         "--out",
         tmp_path,
         "--no-progress",
@@ -403,6 +444,34 @@ def test_japanese_vowels_task_runs(capsys, tmp_path):
     assert "243 training, 27 validation, 370 test sequences of 12 features" in stdout
     assert "JapaneseVowels test accuracy:" in stdout
     assert (tmp_path / "best" / "checkpoint.json").exists()
+
+
+def test_japanese_vowels_on_all_training_data_with_averaged_weights(capsys, tmp_path):
+    code, stdout, _ = run_cli(
+        capsys,
+        "task",
+        "japanese-vowels",
+        "--hidden",
+        "8",
+        "--max-steps",
+        "4",
+        "--val-fraction",
+        "0",
+        "--average",
+        "0.5",
+        "--time-warp",
+        "0.2",
+        "--label-smoothing",
+        "0.1",
+        "--out",
+        tmp_path,
+        "--no-progress",
+    )
+    assert code == 0, stdout
+    assert "270 training, 0 validation, 370 test sequences" in stdout
+    assert "validation accuracy none" in stdout
+    info = json.loads((tmp_path / "best" / "checkpoint.json").read_text())
+    assert info["averaged"] == 2 and info["step"] == 4
 
 
 def test_truecase_task_compares_both_directions(capsys, tmp_path):
@@ -436,6 +505,8 @@ def test_truecase_task_compares_both_directions(capsys, tmp_path):
         (["digits", "--pooling", "first"], "--pooling"),
         (["digits", "--cell", "gru", "--zoneout", "0.1", "--max-steps", "1"], "--zoneout needs"),
         (["truecase", "--window", "0"], "--window"),
+        (["japanese-vowels", "--average", "1"], "--average"),
+        (["japanese-vowels", "--time-warp", "-0.1"], "--time-warp"),
     ],
 )
 def test_task_bad_option_is_one_line(capsys, argv, fragment):
@@ -445,8 +516,8 @@ def test_task_bad_option_is_one_line(capsys, argv, fragment):
 
 @pytest.mark.slow
 def test_japanese_vowels_default_run(capsys, tmp_path):
-    """One seed of the default command, at the level measured for it (97.2% +- 0.5 over five
-    seeds; the issue's bar of 98% is not reached, see docs/architectures-classify.md)."""
+    """One seed of the default command, at the level measured for it (97.35% +- 0.35 over
+    five seeds; the issue's bar of 98% is not reached, see docs/architectures-classify.md)."""
     code, _, _ = run_cli(capsys, "task", "japanese-vowels", "--out", tmp_path, "--no-progress")
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())

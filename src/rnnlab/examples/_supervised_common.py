@@ -3,8 +3,9 @@ training run with its checkpoints, metrics, and the loop over seeds.
 
 Every example follows the same protocol: the test split is touched once, at the end, by
 the checkpoint that scored the lowest loss on a validation split carved from the training
-data; nothing about the test set (not even normalisation statistics) feeds training or
-model selection.
+data (with ``--val-fraction 0``: by the last weights, or their average with
+``--average``); nothing about the test set (not even normalisation statistics) feeds
+training or model selection.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class Defaults:
     eval_interval: int = 50
     val_fraction: float = 0.1
     weight_decay: float = 0.0
+    average: float | None = None  # None hides --average
+    label_smoothing: float | None = None  # None hides --label-smoothing
+    time_warp: float | None = None  # None hides --time-warp
 
 
 def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
@@ -127,6 +131,26 @@ def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
             help=f"standard deviation of Gaussian noise added to the standardised inputs of "
             f"each training batch, a data augmentation (default: {d.noise})",
         )
+    if d.time_warp is not None:
+        o.add_argument(
+            "--time-warp",
+            type=fraction,
+            default=d.time_warp,
+            metavar="X",
+            help=f"stretch or squeeze each training sequence in time by a random factor in "
+            f"[1 - X, 1 + X] (linear interpolation), a data augmentation; 0: off "
+            f"(default: {d.time_warp})",
+        )
+    if d.label_smoothing is not None:
+        o.add_argument(
+            "--label-smoothing",
+            type=fraction,
+            default=d.label_smoothing,
+            metavar="X",
+            help=f"train towards 1 - X on the true class and X spread evenly over all "
+            f"classes, a regulariser; validation and test losses stay plain cross entropy "
+            f"(default: {d.label_smoothing})",
+        )
     o.add_argument(
         "--lr", type=positive_float, default=d.lr, metavar="X", help=f"Adam (default: {d.lr})"
     )
@@ -157,6 +181,16 @@ def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
         metavar="N",
         help=f"updates per run (default: {d.max_steps})",
     )
+    if d.average is not None:
+        o.add_argument(
+            "--average",
+            type=fraction,
+            default=d.average,
+            metavar="X",
+            help=f"evaluate the average of the weights after each of the last X of the "
+            f"updates (stochastic weight averaging) instead of a checkpoint; 0: off "
+            f"(default: {d.average})",
+        )
     o.add_argument(
         "--max-time",
         type=positive_float,
@@ -170,8 +204,9 @@ def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
         type=fraction,
         default=d.val_fraction,
         metavar="X",
-        help=f"part of the training data held out to pick the best checkpoint "
-        f"(default: {d.val_fraction})",
+        help="part of the training data held out to pick the best checkpoint"
+        + (" (with --average: only to report on)" if d.average is not None else "")
+        + f"; 0: train on all of it and keep the last weights (default: {d.val_fraction})",
     )
     r.add_argument(
         "--eval-interval",
@@ -356,22 +391,30 @@ def train_model(
     config: ExampleConfig,
     log=print,
     loss_fn: Callable | None = None,
+    average: float = 0.0,
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Train ``model`` on ``train`` through the engine, validating on ``val``; return the
-    best checkpoint (lowest validation loss), reloaded from disk, and the engine's result.
+    best checkpoint (lowest validation loss; the last weights without ``val``), reloaded
+    from disk, and the engine's result.  ``average`` > 0: return instead the average of the
+    weights over the last ``average`` of the updates (:class:`AveragingTask`), saved as
+    ``best/``.
 
     ``spec`` (model config and whatever else rebuilds and feeds the model: normalisation,
     vocabulary, class names) is saved in every checkpoint; ``build(spec)`` rebuilds it.
     ``loss_fn(model, batch)`` defaults to ``model.loss(batch.x, batch.y, batch.lengths)``."""
-    task = SupervisedTask(
+    task_args = (
         train,
         val,
         config.optim.batch_size,
         collate,
         loss_fn or (lambda m, b: m.loss(b.x, b.y, b.lengths)),
         metrics_fn,
-        seed=config.output.seed,
     )
+    if average:
+        start = round((1 - average) * config.optim.max_steps)
+        task = AveragingTask(model, start, *task_args, seed=config.output.seed)
+    else:
+        task = SupervisedTask(*task_args, seed=config.output.seed)
 
     def checkpointer(directory, training_state, **info):
         save_model(directory, model, kind, spec, training_state, **info)
@@ -379,8 +422,41 @@ def train_model(
     result = Trainer(model, task, config, checkpointer, log=log, handle_signals=True).run()
     if result.steps == 0:
         return model.eval(), result
+    if average:
+        averaged = task.finish()
+        save_model(result.out / "best", model, kind, spec, step=result.steps, averaged=averaged)
+        log(f"evaluating the average of the weights after the last {averaged} updates")
     best, _, _ = load_model(result.out, build, kind)  # best/, or last/ if never validated
     return best, result
+
+
+class AveragingTask(SupervisedTask):
+    """A :class:`SupervisedTask` that also averages ``model``'s weights, uniformly, over
+    the states after each update from ``start`` + 1 on (stochastic weight averaging,
+    Izmailov et al. 2018): the trainer asks for each update's loss just before making it,
+    so that is when the weights left by the previous update are added.  :meth:`finish`
+    adds the final weights, copies the average into ``model`` and returns how many states
+    it holds.  The model has no buffers (no batch norm), so the average needs no repair."""
+
+    def __init__(self, model: torch.nn.Module, start: int, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model, self.start, self.updates = model, start, 0
+        self.average = torch.optim.swa_utils.AveragedModel(model)
+
+    def training_loss(self, model) -> Tensor:
+        if self.updates > self.start:
+            self.average.update_parameters(self.model)
+        self.updates += 1
+        return super().training_loss(model)
+
+    def finish(self) -> int:
+        self.average.update_parameters(self.model)
+        with torch.no_grad():
+            for p, mean in zip(
+                self.model.parameters(), self.average.module.parameters(), strict=True
+            ):
+                p.copy_(mean)
+        return int(self.average.n_averaged)
 
 
 # -- seeds ------------------------------------------------------------------------------------
@@ -483,6 +559,9 @@ def classify_seed(args, seed: int, name: str, train_all, test, classes, example:
         "model": config.to_json(),
         "val_fraction": args.val_fraction,
         "noise": getattr(args, "noise", 0.0),
+        "average": getattr(args, "average", 0.0),
+        "label_smoothing": getattr(args, "label_smoothing", 0.0),
+        "time_warp": getattr(args, "time_warp", 0.0),
         **example,
     }
     torch.manual_seed(seed)
@@ -502,7 +581,12 @@ def classify_seed(args, seed: int, name: str, train_all, test, classes, example:
         val,
         classification_metrics,
         train_config(args, seed, out, example),
-        loss_fn=noisy_loss(args.noise) if getattr(args, "noise", 0) else None,
+        loss_fn=training_loss(
+            getattr(args, "noise", 0.0),
+            getattr(args, "label_smoothing", 0.0),
+            getattr(args, "time_warp", 0.0),
+        ),
+        average=getattr(args, "average", 0.0),
     )
     nothing = {"val_loss": None, "accuracy": None}
     val_m = classification_metrics(best, val) if val else nothing  # --val-fraction 0
@@ -521,12 +605,37 @@ def classify_seed(args, seed: int, name: str, train_all, test, classes, example:
     }
 
 
-def noisy_loss(std: float) -> Callable:
-    """A loss that sees each training batch with N(0, std^2) noise added to every input
-    (padded steps too, which the model ignores); validation and test see clean inputs."""
+def time_warp(b: Batch, warp: float) -> Batch:
+    """``b`` with each (N, T, F) feature sequence resampled, by linear interpolation, to
+    round(T_i * s_i) steps, s_i uniform in [1 - warp, 1 + warp]."""
+    scale = 1 + warp * (2 * torch.rand(len(b.lengths)) - 1)
+    lengths = (b.lengths * scale).round().long().clamp_min(1)
+    warped = []
+    for x, T, T_new in zip(b.x, b.lengths.tolist(), lengths.tolist(), strict=True):
+        where = torch.linspace(0, T - 1, T_new)  # positions in the original steps
+        left = where.floor().long()
+        right = (left + 1).clamp_max(T - 1)
+        w = (where - left).unsqueeze(1)
+        warped.append((1 - w) * x[left] + w * x[right])
+    return Batch(pad_sequence(warped, batch_first=True), lengths, b.y)
+
+
+def training_loss(
+    noise: float = 0.0, label_smoothing: float = 0.0, warp: float = 0.0
+) -> Callable | None:
+    """The classifier's training loss with each training batch time-warped (see
+    :func:`time_warp`), N(0, noise^2) added to every input (padded steps too, which the
+    model ignores), and label smoothing; validation and test see clean inputs and plain
+    cross entropy.  None: the plain loss."""
+    if not noise and not label_smoothing and not warp:
+        return None
 
     def loss(model, b: Batch) -> Tensor:
-        return model.loss(b.x + std * torch.randn_like(b.x), b.y, b.lengths)
+        if warp:
+            b = time_warp(b, warp)
+        x = b.x + noise * torch.randn_like(b.x) if noise else b.x
+        logits = model(x, b.lengths)
+        return torch.nn.functional.cross_entropy(logits, b.y, label_smoothing=label_smoothing)
 
     return loss
 

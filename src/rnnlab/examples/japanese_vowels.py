@@ -6,13 +6,24 @@ LPC cepstral coefficients, and the label is the speaker.  There are 270 training
 utterances (30 per speaker) and 370 test utterances.  The copy bundled in the ``aeon``
 package is read (``pip install 'rnnlab[datasets]'``), so no download is needed.
 
-Protocol: a stratified ``--val-fraction`` of the training utterances (10%: 3 per speaker,
-drawn with the run's seed) is held out for validation; features are standardised with the
-mean and standard deviation of the remaining training frames; the checkpoint with the
-lowest validation loss is evaluated once on the 370 test utterances.  The defaults (a
-bidirectional LSTM of 128 units per direction, mean pooling, dropout 0.3, zoneout 0.1 and
-Gaussian input noise 0.2) were chosen by 3-fold cross-validation on the 270 training
-utterances, without the test set.
+Protocol: the model trains on all 270 training utterances (``--val-fraction 0``) for a
+fixed 600 updates, with features standardised by the mean and standard deviation of the
+training frames, and the last weights are evaluated once on the 370 test utterances.  A
+validation split of 27 utterances (3 per speaker) proved too small to pick checkpoints
+by: its loss is noisy, and 5-fold cross-validation on the training utterances scored the
+same with or without it.  ``--val-fraction 0.1`` restores checkpoint picking.
+
+The defaults (a bidirectional LSTM of 128 units per direction, mean pooling, dropout 0.3,
+zoneout 0.1, Gaussian input noise 0.2, Adam 3e-3 with a cosine schedule, batch 16) were
+chosen by 3-fold cross-validation on the training utterances; label smoothing 0.1 was then
+added because it cut the errors of 5-fold cross-validation on the training utterances from
+9 to 4 of 270.  Neither choice looked at the test set.  Weight averaging (``--average``),
+time warping (``--time-warp``) and stronger input noise did not help in that
+cross-validation and are off.  Measured with ``rnnlab task japanese-vowels --seeds 5``
+(seeds 1-5): 97.35% ± 0.35 test accuracy (97.03 to 97.84), against 97.24% ± 0.52 with the
+previous defaults (checkpoint picked on 27 held-out utterances, no label smoothing); the
+gain seen in cross-validation did not carry over to the test set, and the 98% of the
+issue is not reached.
 """
 
 from __future__ import annotations
@@ -44,6 +55,10 @@ DEFAULTS = Defaults(
     batch_size=16,
     max_steps=600,
     eval_interval=25,
+    val_fraction=0.0,
+    average=0.0,
+    label_smoothing=0.1,
+    time_warp=0.0,
 )
 
 
