@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnlab.backends import choose_generate_backend, nonfinite_message, race_noise
 from rnnlab.cells.elman import NONLINEARITIES
 from rnnlab.layers import BACKENDS, GRU, LSTM, RNN, JordanRNN, PascanuRNN
 
@@ -162,33 +163,59 @@ class LanguageModel(nn.Module):
         temperature: float = 1.0,
         greedy: bool = False,
         generator: torch.Generator | None = None,
+        backend: str = "auto",
     ) -> list[int]:
         """Prime the state with ``prime`` (token ids, at least one), then draw ``length``
         tokens one at a time from softmax(logits / temperature), or the argmax if
-        ``greedy`` (seed 003's sampling).  Returns the new tokens only."""
+        ``greedy`` (seed 003's sampling).  Returns the new tokens only.
+
+        ``backend``: ``torch`` (the plain path below), ``numba`` (a compiled loop over all
+        the tokens, :mod:`rnnlab.backends.numba_generate`) or ``auto`` (numba where it is
+        installed and supports the model; :func:`rnnlab.backends.choose_generate_backend`
+        says which and why).  Both draw the same random numbers (:func:`race_noise`), one
+        row of Exp(1) per token; the token is argmax p_v / q_v, which is how
+        ``torch.multinomial(p, 1)`` samples, so the plain path keeps its samples.
+        """
         if not prime:
             raise ValueError("prime must hold at least one token")
         if length < 0:
             raise ValueError(f"length must be >= 0; got {length}")
         if not greedy and temperature <= 0:
             raise ValueError(f"temperature must be positive; got {temperature}")
+        choice = choose_generate_backend(self, backend)  # ValueError for a bad name
+        device = self.rnn.weight_ih_l0.device
+        V = self.config.vocab_size
+        noise = None if greedy else race_noise(length, V, generator, device)
+        if choice.name == "numba":
+            from rnnlab.backends import numba_generate
+
+            return numba_generate.generate(self, prime, length, temperature, noise)
         was_training = self.training
         self.eval()
+        try:
+            return self._generate_plain(prime, length, temperature, noise)
+        finally:
+            self.train(was_training)
+
+    def _generate_plain(self, prime, length, temperature, noise) -> list[int]:
+        """The plain path: one fused pass over the prime, then ``layer.step()`` per token."""
         device = self.rnn.weight_ih_l0.device
         logits, _, state = self(torch.tensor([prime], device=device))  # fused pass over the prime
         last = logits[0, -1]
         params = self.rnn.step_parameters()
+        races = (row for chunk in noise for row in chunk) if noise is not None else None
         out = []
         for i in range(length):
             if i:
                 last, state = self._step(out[-1], state, params)
-            if greedy:
+            if races is None:
                 token = int(last.argmax())
             else:
+                if not torch.isfinite(last).all():
+                    raise ValueError(nonfinite_message(i))
                 probs = torch.softmax(last.double() / temperature, dim=-1)
-                token = int(torch.multinomial(probs, 1, generator=generator))
+                token = int((probs / next(races)).argmax())  # = torch.multinomial(probs, 1)
             out.append(token)
-        self.train(was_training)
         return out
 
     def _step(self, token: int, state, params):

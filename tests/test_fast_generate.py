@@ -1,0 +1,215 @@
+"""The compiled generation loop (rnnlab.backends): the plain path's samples, fallbacks, errors.
+
+Exact comparisons use float64 models: the compiled loop sums its matrix-vector products in
+another order than torch, so in float32 two candidates within rounding of each other can
+swap (a near tie, rare); float64 makes that practically impossible.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import rnnlab.backends as backends
+from rnnlab.cli.main import main
+from rnnlab.layers import GRU, LSTM
+from rnnlab.models import LanguageModel, ModelConfig
+
+pytest.importorskip("numba")
+from rnnlab.backends import numba_generate  # noqa: E402
+
+PRIME = [3, 4, 5, 1, 0]
+
+
+def model_of(cell="lstm", embedding_dim=5, dtype="float64", layers=2, **kw):
+    torch.manual_seed(1)
+    cfg = ModelConfig(
+        vocab_size=11,
+        cell=cell,
+        hidden_size=12,
+        num_layers=layers,
+        embedding_dim=embedding_dim,
+        dtype=dtype,
+        **kw,
+    )
+    return LanguageModel(cfg).eval()
+
+
+def both(model, length=60, temperature=1.0, greedy=False, seed=9, prime=PRIME):
+    """(compiled, plain) tokens for the same seed."""
+    return tuple(
+        model.generate(
+            prime,
+            length,
+            temperature,
+            greedy,
+            generator=torch.Generator().manual_seed(seed),
+            backend=backend,
+        )
+        for backend in ("numba", "torch")
+    )
+
+
+def multinomial_reference(model, prime, length, temperature, seed):
+    """What generate() returned before the compiled loop: torch.multinomial per token."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        logits, _, state = model(torch.tensor([prime]))
+        for _ in range(length):
+            probs = torch.softmax(logits[0, -1].double() / temperature, dim=-1)
+            out.append(int(torch.multinomial(probs, 1, generator=g)))
+            logits, _, state = model(torch.tensor([[out[-1]]]), state)
+    return out
+
+
+CASES = [
+    ("lstm", {}),
+    ("gru", {}),
+    ("rnn", {}),
+    ("rnn", {"nonlinearity": "relu"}),
+    ("rnn", {"nonlinearity": "sigmoid"}),
+    ("pascanu", {}),
+    ("pascanu", {"nonlinearity": "sigmoid"}),
+]
+
+
+@pytest.mark.parametrize("cell, kw", CASES, ids=[f"{c}-{k}" for c, k in CASES])
+@pytest.mark.parametrize("embedding_dim", [0, 5])
+def test_same_samples_as_the_plain_path_float64(cell, kw, embedding_dim):
+    model = model_of(cell, embedding_dim, **kw)
+    assert backends.choose_generate_backend(model).name == "numba"
+    for temperature in (0.5, 1.0, 1.7):
+        fast, plain = both(model, temperature=temperature)
+        assert fast == plain
+    fast, plain = both(model, length=30, greedy=True)
+    assert fast == plain
+
+
+def test_cho_gru_and_one_layer():
+    model = model_of("gru")
+    model.rnn = GRU(5, 12, num_layers=2, form="cho", dtype=torch.float64)
+    fast, plain = both(model, temperature=0.8)
+    assert fast == plain
+    fast, plain = both(model_of(layers=1), temperature=0.8)
+    assert fast == plain
+
+
+def test_the_samples_are_torch_multinomials():
+    """Both paths reproduce the samples of torch.multinomial(probs, 1) for the same seed."""
+    model = model_of()
+    fast, plain = both(model, length=50, temperature=1.3)
+    assert fast == plain == multinomial_reference(model, PRIME, 50, 1.3, seed=9)
+
+
+def test_float32_model_same_samples():
+    """Float32: equal here; a near tie (probability about 1e-6 per token) could swap one."""
+    model = model_of(dtype="float32")
+    fast, plain = both(model, length=200, temperature=0.9)
+    assert fast == plain
+
+
+def test_chunks_and_priming_boundaries(monkeypatch):
+    model = model_of()
+    whole = both(model, length=23, temperature=1.1)
+    monkeypatch.setattr(backends, "NOISE_CHUNK", 5)
+    monkeypatch.setattr(numba_generate, "CHUNK", 5)
+    assert both(model, length=23, temperature=1.1) == whole
+    greedy = both(model, length=12, greedy=True)
+    assert greedy[0] == greedy[1]
+    assert both(model, length=0) == ([], [])
+    fast, plain = both(model, length=1, prime=[7])
+    assert fast == plain and len(fast) == 1
+
+
+def test_packed_weights_follow_parameter_updates():
+    model = model_of()
+    before = both(model, temperature=1.0)[0]
+    with torch.no_grad():
+        model.head.weight.mul_(4.0)
+    fast, plain = both(model, temperature=1.0)
+    assert fast == plain != before
+
+
+def test_auto_falls_back_to_torch_where_the_loop_does_not_apply():
+    jordan = model_of("jordan", layers=1, hidden_recurrence=True)
+    choice = backends.choose_generate_backend(jordan, "auto")
+    assert choice.name == "torch" and "output recurrence" in str(choice)
+    tokens = jordan.generate([1, 2], 10, generator=torch.Generator().manual_seed(0))
+    assert len(tokens) == 10
+    with pytest.raises(ValueError, match="backend 'numba' cannot generate") as info:
+        jordan.generate([1], 5, backend="numba")
+    assert "\n" not in str(info.value)
+
+    options = model_of()
+    options.rnn = LSTM(5, 12, num_layers=2, layer_norm=True, dtype=torch.float64)
+    choice = backends.choose_generate_backend(options, "auto")
+    assert choice.name == "torch" and "options" in choice.reason
+    assert backends.choose_generate_backend(model_of(), "torch").name == "torch"
+
+
+def test_without_numba_auto_is_torch_and_numba_is_an_error(monkeypatch):
+    monkeypatch.setattr(backends, "numba_import_error", lambda: "ImportError: no numba")
+    model = model_of()
+    assert backends.choose_generate_backend(model, "auto").name == "torch"
+    assert len(model.generate([1], 5, generator=torch.Generator().manual_seed(0))) == 5
+    with pytest.raises(ValueError, match="needs numba") as info:
+        model.generate([1], 5, backend="numba")
+    assert "\n" not in str(info.value)
+
+
+def test_bad_backend_name():
+    with pytest.raises(ValueError, match="backend must be one of auto, numba, torch; got 'cuda'"):
+        model_of().generate([1], 5, backend="cuda")
+
+
+def test_non_finite_logits_are_an_error_on_both_paths():
+    model = model_of()
+    with torch.no_grad():
+        model.head.bias[3] = float("nan")
+    for backend in ("numba", "torch"):
+        with pytest.raises(ValueError, match="not finite at generated token 0"):
+            model.generate([1], 5, backend=backend)
+
+
+def test_cache_falls_back_to_memory_when_no_cache_directory_is_writable(monkeypatch):
+    import numba
+
+    real = numba.njit
+
+    def njit(*args, **kwargs):
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function: no locator available")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", njit)
+
+    def add_one(x):
+        return x + 1
+
+    assert numba_generate._jit(add_one)(np.int64(1)) == 2
+
+
+def test_rnnlab_sample_logs_the_backend_and_gives_the_same_text(tmp_path, capsys):
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("to be or not to be, that is the question\n" * 20, encoding="utf-8")
+    out = tmp_path / "run"
+    tiny = ["--hidden", "8", "--layers", "1", "--embedding", "4", "--batch-size", "2"]
+    tiny += ["--seq-len", "8", "--max-steps", "3", "--no-progress", "--eval-interval", "3"]
+    assert main(["train", "--data", str(corpus), *tiny, "--out", str(out)]) == 0
+    capsys.readouterr()
+    texts, logs = {}, {}
+    for backend in ("auto", "numba", "torch"):
+        args = ["sample", str(out), "--length", "40", "--seed", "3", "--backend", backend]
+        assert main(args) == 0
+        texts[backend], logs[backend] = capsys.readouterr()
+    assert logs["auto"] == "rnnlab: sampling with backend numba (compiled loop)\n"
+    assert logs["torch"].startswith("rnnlab: sampling with backend torch")
+    assert texts["auto"] == texts["numba"] == texts["torch"]
+    assert len(texts["torch"]) > 40
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(backends, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
