@@ -1,4 +1,4 @@
-"""``rnnlab bench long-range [...]``: benchmarks, one subcommand each."""
+"""``rnnlab bench long-range|speed [...]``: benchmarks, one subcommand each."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from rnnlab.cli.common import positive_float, positive_int
 from rnnlab.errors import UserError
 
-HELP = "run a benchmark (rnnlab bench long-range --help)"
+HELP = "run a benchmark (rnnlab bench long-range --help, rnnlab bench speed --help)"
 
 
 def _list(text: str) -> list[str]:
@@ -43,10 +43,91 @@ def add_arguments(p) -> None:
     lr.add_argument("--out", default="runs/bench-long-range", help="output directory")
     lr.add_argument("--list", action="store_true", help="list tasks and methods and exit")
     lr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_speed_arguments(sub)
+
+
+def _add_speed_arguments(sub) -> None:
+    sp = sub.add_parser(
+        "speed",
+        help="rnnlab vs torch.nn on the CPU: training steps, variants, generation, the limit",
+        description="Time rnnlab against torch.nn in one process, interleaving the "
+        "contenders and taking medians; print ratios (rnnlab time / competitor time) and "
+        "write results.json and results.md.  Shapes (batch x steps x input x hidden x "
+        "layers): 1 = 50x50x65x128x2, 2 = 64x100x65x512x2, 3 = 1x200x65x256x1, "
+        "4 = 32x100x128x256x1, 5 = 16x100x256x256x2.",
+    )
+    sp.add_argument(
+        "--sections",
+        help="comma-separated: training, variants, generation, limit (default: all)",
+    )
+    sp.add_argument(
+        "--shapes",
+        help="comma-separated shape numbers 1-5 or custom NxTxIxHxL (default: all five; "
+        "variants run on the first)",
+    )
+    sp.add_argument(
+        "--repeats", type=positive_int, help="interleaved runs per contender (default: 5)"
+    )
+    sp.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test: 1 repeat, 40 generated characters, small peak matmuls (the "
+        "figures are noise)",
+    )
+    sp.add_argument(
+        "--threads",
+        type=positive_int,
+        help="torch threads for training and the matmul peak (default: the machine's CPUs)",
+    )
+    sp.add_argument(
+        "--gen-threads",
+        type=positive_int,
+        default=1,
+        help="torch threads for generation, batch 1 (default: %(default)s)",
+    )
+    sp.add_argument(
+        "--gen-hidden", help="comma-separated hidden sizes to generate with (default: 128,256,512)"
+    )
+    sp.add_argument(
+        "--gen-chars",
+        type=positive_int,
+        help="characters generated per timed run (default: 400)",
+    )
+    sp.add_argument("--out", default="runs/bench-speed", help="output directory")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(a) -> int:
-    return {"long-range": run_long_range}[a.bench](a)
+    return {"long-range": run_long_range, "speed": run_speed}[a.bench](a)
+
+
+def run_speed(a) -> int:
+    from rnnlab.bench.speed import GEN_HIDDEN, SECTIONS, Settings, markdown, parse_shapes
+    from rnnlab.bench.speed import run_speed as run_bench
+
+    try:
+        settings = Settings(
+            sections=tuple(_list(a.sections)) if a.sections else SECTIONS,
+            shapes=parse_shapes(a.shapes),
+            repeats=a.repeats or (1 if a.quick else 5),
+            gen_threads=a.gen_threads,
+            gen_hidden=tuple(int(h) for h in _list(a.gen_hidden)) if a.gen_hidden else GEN_HIDDEN,
+            gen_chars=a.gen_chars or (40 if a.quick else 400),
+        )
+        if a.quick:
+            settings.peak_sizes = (256, 512)
+        if a.threads:
+            settings.threads = a.threads
+        if any(h < 1 for h in settings.gen_hidden):
+            raise ValueError("--gen-hidden takes positive sizes")
+        settings.check()
+    except ValueError as exc:
+        raise UserError(f"bench speed: {exc}") from None
+    out = Path(a.out)
+    results = run_bench(settings, out, progress=not a.no_progress)
+    print(markdown(results), end="")
+    print(f"results: {out / 'results.json'}, {out / 'results.md'}")
+    return 0
 
 
 def run_long_range(a) -> int:
