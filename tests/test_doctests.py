@@ -16,6 +16,7 @@ MODULES = [
     "rnnlab.data.vocab",
     "rnnlab.data.batching",
     "rnnlab.models.language_model",
+    "rnnlab.backends",
 ]
 
 
