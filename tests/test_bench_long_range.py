@@ -11,10 +11,12 @@ from rnnlab.bench.long_range import (
     BenchModel,
     Grid,
     StreamingTask,
+    cell_key,
     markdown_table,
     parse_budget,
     parse_method,
     run_grid,
+    write_results,
 )
 from rnnlab.cli.main import main
 from rnnlab.tasks import make_task
@@ -117,11 +119,11 @@ def test_markdown_table_medians():
             "solved": s < 2,
             "updates_to_success": 100 * (s + 1) if s < 2 else None,
             "updates": 300,
-            "test_error": 0.001,
+            "test_error": 0.001 * (1 + 100 * (s == 2)),
         }
         for s in range(3)
     ]
-    assert "| t | 5 | m | 2/3 | 200 | 0.1% | 300 |" in markdown_table(rows)
+    assert "| t | 5 | m | 2/3 | 200 | 0.1%, 0.1%, 10.1% | 300 |" in markdown_table(rows)
 
 
 def test_cli(tmp_path, capsys):
@@ -156,3 +158,16 @@ def test_cli(tmp_path, capsys):
             main(["bench", "long-range", "--out", str(tmp_path), *bad])
         assert exc.value.code == 2
         assert "rnnlab: error:" in capsys.readouterr().err
+
+
+def test_results_follow_the_grid_order(tmp_path):
+    grid = Grid(("temporal-order",), (20, 30), ("sgd", "lstm-adam"), 1, 4, 4)
+    row = {"updates_to_success": None, "solved": False, "updates": 4, "test_error": 0.5}
+    cells = list(grid.cells())
+    foreign = {**row, "task": "adding", "length": 7, "method": "sgd", "seed": 0}
+    rows = [foreign] + [
+        {**row, "task": t, "length": n, "method": m, "seed": s} for t, n, m, s in reversed(cells)
+    ]
+    write_results(tmp_path, grid, rows)
+    saved = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [cell_key(r) for r in saved] == cells + [("adding", 7, "sgd", 0)]

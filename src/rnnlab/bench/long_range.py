@@ -290,6 +290,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "solved": len(solved),
                 "median_updates": solved[len(solved) // 2] if solved else None,
                 "best_error": min(errors) if errors else None,
+                "final_errors": errors,
                 "max_updates": max(r["updates"] for r in group),
             }
         )
@@ -299,12 +300,13 @@ def summarize(rows: list[dict]) -> list[dict]:
 def markdown_table(rows: list[dict]) -> str:
     head = (
         "| task | length | method | success | updates to success (median) "
-        "| best test error | updates run (max) |\n|---|---|---|---|---|---|---|\n"
+        "| test error at the end, per seed | updates run (max) |\n"
+        "|---|---|---|---|---|---|---|\n"
     )
     body = ""
     for s in summarize(rows):
         updates = "-" if s["median_updates"] is None else f"{s['median_updates']:,}"
-        error = "-" if s["best_error"] is None else f"{100 * s['best_error']:.1f}%"
+        error = ", ".join(f"{100 * e:.1f}%" for e in s["final_errors"]) or "-"
         body += (
             f"| {s['task']} | {s['length']} | {s['method']} | {s['solved']}/{s['seeds']} "
             f"| {updates} | {error} | {s['max_updates']:,} |\n"
@@ -367,6 +369,9 @@ def run_grid(grid: Grid, out: Path, progress: bool = True, log=print) -> list[di
 
 
 def write_results(out: Path, grid: Grid, rows: list[dict]) -> None:
+    """Rows in the grid's order (cells of other grids in the same file after them)."""
+    order = {cell: i for i, cell in enumerate(grid.cells())}
+    rows.sort(key=lambda r: order.get(cell_key(r), len(order)))
     data = {"grid": asdict(grid), "rows": rows, "summary": summarize(rows)}
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(data, indent=1) + "\n")
