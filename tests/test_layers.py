@@ -218,7 +218,7 @@ def test_chunked_gradients_flow_through_carried_state():
     gen = torch.Generator().manual_seed(12)
     for cell in ("lstm", "rnn-tanh"):
         torch.manual_seed(12)
-        model = _ours(cell, I, H, num_layers=2, dtype=F64)
+        model = _ours(cell, I, H, num_layers=2, dtype=F64, backend="fused")
         x = torch.randn(T, N, I, generator=gen, dtype=F64)
         w = torch.randn(T, N, H, generator=gen, dtype=F64)
         x1 = x.clone().requires_grad_()
@@ -261,7 +261,7 @@ def test_property_shapes_and_fused_equals_reference(
     N, T, I, H, L = batch, length, input_size, hidden_size, num_layers
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    fused = _ours(cell, I, H, num_layers=L, batch_first=batch_first, dtype=F64)
+    fused = _ours(cell, I, H, num_layers=L, batch_first=batch_first, dtype=F64, backend="fused")
     ref = _ours(cell, I, H, num_layers=L, batch_first=batch_first, dtype=F64, backend="reference")
     ref.load_state_dict(fused.state_dict())
     shape = (N, T, I) if batch_first else (T, N, I)
@@ -342,7 +342,7 @@ def test_unbatched_equals_batched_with_one_sequence(cell, backend, batch_first, 
 def test_unbatched_matches_torch_nn():
     gen = torch.Generator().manual_seed(14)
     for cell in ("lstm", "rnn-tanh"):
-        ours = _ours(cell, 3, 4, num_layers=2, dtype=F64)
+        ours = _ours(cell, 3, 4, num_layers=2, dtype=F64, backend="fused")
         theirs = _theirs(cell, 3, 4, num_layers=2, dtype=F64)
         theirs.load_state_dict(ours.state_dict())
         x = torch.randn(5, 3, generator=gen, dtype=F64)

@@ -20,7 +20,7 @@ OPTIONS = dict(
 
 def twin(**kwargs):
     torch.manual_seed(0)
-    fused = rnnlab.LSTM(I, H, dtype=F64, **kwargs)
+    fused = rnnlab.LSTM(I, H, dtype=F64, backend="fused", **kwargs)
     reference = rnnlab.LSTM(I, H, dtype=F64, backend="reference", **kwargs)
     reference.load_state_dict(fused.state_dict())
     return fused, reference

@@ -43,6 +43,8 @@ def states_of(state):
 
 
 def make_pair(cell, layers, bidirectional, batch_first, bias, dtype, seed=0, **extra):
+    """A torch.nn module and an rnnlab layer on the fused path with its weights (the torch
+    path is held to torch.nn in test_backends_training.py)."""
     ours_cls, torch_cls, kwargs = CELLS[cell]
     torch.manual_seed(seed)
     reference = torch_cls(
@@ -60,7 +62,7 @@ def make_pair(cell, layers, bidirectional, batch_first, bias, dtype, seed=0, **e
             for name, p in reference.named_parameters():
                 if name.startswith("bias"):
                     p.add_(0.3)
-    ours = ours_cls.from_torch(reference)
+    ours = ours_cls.from_torch(reference, backend="fused")
     return ours, reference
 
 
@@ -131,7 +133,7 @@ def test_state_dict_moves_both_ways(cell):
 
 
 def test_padding_neither_changes_state_nor_receives_gradient():
-    lstm = rnnlab.LSTM(I, H, num_layers=2, bidirectional=True, dtype=torch.float64)
+    lstm = rnnlab.LSTM(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, backend="fused")
     x = torch.randn(T, N, I, dtype=torch.float64, requires_grad=True)
     out, (h, c) = lstm(x, lengths=LENGTHS)
     (out.sum() + h.sum() + c.sum()).backward()

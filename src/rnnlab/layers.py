@@ -17,9 +17,14 @@ What the driver adds around a cell's whole-sequence function:
   sequences is constant; each segment is one call of the cell's fused function over the
   live rows, so every cell family gets lengths without code of its own.
 
-Each layer's ``backend`` picks the cell function: ``"fused"`` (default; the
-``torch.autograd.Function`` with hand-derived BPTT) or ``"reference"`` (the reference step
-in a Python loop, differentiated by autograd).
+Each layer's ``backend`` picks the path of every layer and direction: ``"fused"`` (the
+cell's ``torch.autograd.Function`` with hand-derived BPTT), ``"reference"`` (the reference
+step in a Python loop, differentiated by autograd), ``"torch"`` (PyTorch's own kernel, as
+``torch.nn`` runs it, on the layer's parameters; only where ``torch.nn`` has the same
+function) or ``"auto"`` (default: the fastest of these that computes the same function;
+the rule and the measurements behind it are in :mod:`rnnlab.backends.training`).
+``repr`` shows the choice (``backend='auto' -> 'torch'``) and :meth:`backend_choice`
+returns it with its reason.
 
 Shapes (``batch_first=False``): input (T, N, I) -> output (T, N, D*H_out), D = 2 if
 bidirectional else 1; with ``batch_first=True`` input and output are (N, T, .).  A 2-D input
@@ -39,10 +44,15 @@ bidirectional else 1; with ``batch_first=True`` input and output are (N, T, .). 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from rnnlab.backends import BackendChoice
+from rnnlab.backends.torch_native import run_direction as torch_run_direction
+from rnnlab.backends.training import TRAINING_BACKENDS, choose_training_backend, torch_counterpart
 from rnnlab.cells.elman import (
     check_nonlinearity,
     elman_sequence,
@@ -73,7 +83,8 @@ from rnnlab.cells.pascanu import (
 )
 from rnnlab.init import Init, apply_init
 
-BACKENDS = ("fused", "reference")
+BACKENDS = TRAINING_BACKENDS  # ("auto", "fused", "reference", "torch")
+logger = logging.getLogger("rnnlab")
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -195,6 +206,7 @@ class _Stack(nn.Module):
     gate_count = 1
     state_names: tuple[str, ...] = ("h",)
     torch_class: type[nn.Module] | None = None
+    cell_kind: str | None = None  # "lstm", "gru" or "rnn": may have a torch.nn kernel
 
     def __init__(
         self,
@@ -205,7 +217,7 @@ class _Stack(nn.Module):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
-        backend: str = "fused",
+        backend: str = "auto",
         init: str | Init = "uniform",
         device=None,
         dtype=None,
@@ -224,6 +236,8 @@ class _Stack(nn.Module):
         self.bidirectional = bool(bidirectional)
         self.backend = backend
         self.init = Init(init) if isinstance(init, str) else init
+        self._logged_choice: BackendChoice | None = None
+        choose_training_backend(self)  # "torch" without a torch.nn kernel fails here
         factory = {"device": device, "dtype": dtype}
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else self.num_directions * self.output_size
@@ -289,7 +303,24 @@ class _Stack(nn.Module):
             s += ", bidirectional=True"
         if self.init.scheme != "uniform":
             s += f", init={self.init}"
-        return s + f", backend={self.backend!r}"
+        s += f", backend={self.backend!r}"
+        if self.backend == "auto":
+            s += f" -> {self.backend_choice().name!r}"
+        return s
+
+    # the path ---------------------------------------------------------------------------
+    def backend_choice(self) -> BackendChoice:
+        """The path this layer runs now (``fused``, ``reference`` or ``torch``) and why;
+        ``auto`` resolves by the layer's configuration and device."""
+        return choose_training_backend(self)
+
+    def _note_choice(self) -> str:
+        """Resolve the path for this call; log it (``rnnlab`` logger, INFO) when it changes."""
+        choice = self.backend_choice()
+        if choice != self._logged_choice:
+            logger.info("%s: backend %r -> %s", type(self).__name__, self.backend, choice)
+            self._logged_choice = choice
+        return choice.name
 
     # inputs -----------------------------------------------------------------------------
     def _check_input(self, input: Tensor) -> tuple[Tensor, bool]:
@@ -369,6 +400,7 @@ class _Stack(nn.Module):
             if int(lengths.min()) == T:
                 lengths = None  # every sequence is full length: the plain path
         states = self._check_state(state, N, unbatched, x)
+        self._note_choice()
         finals = [[] for _ in states]
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout and self.training:
@@ -396,6 +428,8 @@ class _Stack(nn.Module):
 
     def _run_layer(self, x, state, params, lengths):
         """One direction of one layer over (T, N, I), honouring lengths."""
+        if lengths is not None and self.backend_choice().name == "torch":
+            return self._run_torch(x, state, params, lengths)  # packed: one kernel call
         return run_segments(
             lambda xs, st, _steps, _rows: self._run_direction(xs, st, params), x, state, lengths
         )
@@ -403,6 +437,11 @@ class _Stack(nn.Module):
     def _run_direction(self, x: Tensor, state: tuple[Tensor, ...], params: dict):
         """Full-length run of one direction: ``(out (T, N, H_out), final state tuple)``."""
         raise NotImplementedError
+
+    def _run_torch(self, x, state, params, lengths=None):
+        """One direction through PyTorch's kernel (:mod:`rnnlab.backends.torch_native`)."""
+        kernel, _ = torch_counterpart(self)
+        return torch_run_direction(kernel, x, state, params, lengths)
 
     # -- one step at a time (generation) --------------------------------------------------
     def step_parameters(self) -> list[dict[str, Tensor]]:
@@ -501,6 +540,7 @@ class RNN(_Stack):
     """
 
     torch_class = nn.RNN
+    cell_kind = "rnn"
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", **kwargs):
         self.nonlinearity = check_nonlinearity(nonlinearity)
@@ -510,7 +550,10 @@ class RNN(_Stack):
         return super().extra_repr() + f", nonlinearity={self.nonlinearity!r}"
 
     def _run_direction(self, x, state, params):
-        run = elman_sequence if self.backend == "fused" else elman_sequence_reference
+        path = self.backend_choice().name
+        if path == "torch":
+            return self._run_torch(x, state, params)
+        run = elman_sequence if path == "fused" else elman_sequence_reference
         p = params
         hs = run(x, state[0], *_weights(p), self.nonlinearity)
         return hs, (hs[-1],)
@@ -554,6 +597,7 @@ class LSTM(_Stack):
     gate_count = 4
     state_names = ("h", "c")
     torch_class = nn.LSTM
+    cell_kind = "lstm"
 
     def __init__(
         self,
@@ -656,6 +700,9 @@ class LSTM(_Stack):
             steps["zone_h"] = torch.bernoulli(x.new_full((T, N, self.output_size), zh))
             steps["zone_c"] = torch.bernoulli(x.new_full((T, N, self.hidden_size), zc))
 
+        if lengths is not None and self.backend_choice().name == "torch":
+            return self._run_torch(x, state, params, lengths)  # packed: one kernel call
+
         def run(xs, st, step_tensors, row_tensors):
             return self._run_direction(xs, st, params, step_tensors, row_tensors)
 
@@ -663,12 +710,15 @@ class LSTM(_Stack):
 
     def _run_direction(self, x, state, params, steps=None, rows=None):
         p, steps, rows = params, steps or {}, rows or {}
+        path = self.backend_choice().name
+        if path == "torch":
+            return self._run_torch(x, state, p)
         args = (x, state[0], state[1], *_weights(p))
         if not self.proj_size and not self.has_options:
-            run = lstm_sequence if self.backend == "fused" else lstm_sequence_reference
+            run = lstm_sequence if path == "fused" else lstm_sequence_reference
             hs, cs = run(*args)
             return hs, (hs[-1], cs[-1])
-        run = lstm_ext_sequence if self.backend == "fused" else lstm_ext_sequence_reference
+        run = lstm_ext_sequence if path == "fused" else lstm_ext_sequence_reference
         ln = None
         if self.layer_norm:
             ln = tuple(p[f"ln_{k}_{part}"] for part in "xhc" for k in ("gamma", "beta"))
@@ -726,6 +776,7 @@ class GRU(_Stack):
 
     gate_count = 3
     torch_class = nn.GRU
+    cell_kind = "gru"
 
     def __init__(self, input_size, hidden_size, num_layers=1, form="torch", **kwargs):
         self.form = check_gru_form(form)
@@ -735,7 +786,10 @@ class GRU(_Stack):
         return super().extra_repr() + (f", form={self.form!r}" if self.form != "torch" else "")
 
     def _run_direction(self, x, state, params):
-        run = gru_sequence if self.backend == "fused" else gru_sequence_reference
+        path = self.backend_choice().name
+        if path == "torch":
+            return self._run_torch(x, state, params)
+        run = gru_sequence if path == "fused" else gru_sequence_reference
         p = params
         hs = run(x, state[0], *_weights(p), self.form)
         return hs, (hs[-1],)
@@ -775,7 +829,8 @@ class PascanuRNN(_Stack):
         return super().extra_repr() + f", sigma={self.sigma!r}"
 
     def _run_direction(self, x, state, params):
-        run = pascanu_sequence if self.backend == "fused" else pascanu_sequence_reference
+        path = self.backend_choice().name
+        run = pascanu_sequence if path == "fused" else pascanu_sequence_reference
         xs = run(
             x, state[0], params["weight_ih"], params["weight_hh"], params.get("bias"), self.sigma
         )
@@ -889,6 +944,7 @@ class JordanRNN(_Stack):
             if int(lengths.min()) == T:
                 lengths = None
         states = [s[0] for s in self._check_state(state, N, unbatched, x)]
+        self._note_choice()
         params = self.direction_parameters(0)
 
         def run(xs, st, step_tensors, _rows):
@@ -904,7 +960,8 @@ class JordanRNN(_Stack):
 
     def _run_direction(self, x, state, params, steps=None):
         steps = steps or {}
-        run = jordan_sequence if self.backend == "fused" else jordan_sequence_reference
+        path = self.backend_choice().name
+        run = jordan_sequence if path == "fused" else jordan_sequence_reference
         h0, y0 = (state[0], state[1]) if self.hidden_recurrence else (None, state[0])
         p = params
         hs, ys = run(
