@@ -8,7 +8,8 @@ time over the competitor's: below 1 rnnlab is faster.
 Sections (issue 8):
 
 ``training``    forward + backward of the recurrent stack (float32; gradients of the
-                weights and the input), rnnlab's layer with its default backend vs
+                weights and the input), rnnlab's layer with ``backend="auto"`` (the row
+                names the path auto took: ``torch`` or ``fused``) vs
                 ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` and vs the same stack as a Python loop
                 over ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell``, on :data:`SHAPES`.
 ``variants``    LSTM with layer norm, peepholes, zoneout, recurrent dropout, and the
@@ -202,7 +203,8 @@ def _inputs(shape: Shape, out_features: int):
 def bench_training(shape: Shape, cell: str, repeats: int) -> dict:
     """One (shape, cell) case of the training section."""
     I, H, L = shape.input, shape.hidden, shape.layers
-    ours = RNNLAB_LAYERS[cell](I, H, num_layers=L)
+    ours = RNNLAB_LAYERS[cell](I, H, num_layers=L, backend="auto")
+    choice = ours.backend_choice()
     modules = {
         "rnnlab": ours,
         "torch.nn": TORCH_LAYERS[cell](I, H, num_layers=L),
@@ -216,6 +218,8 @@ def bench_training(shape: Shape, cell: str, repeats: int) -> dict:
         "label": shape.label,
         "cell": cell,
         "rnnlab_backend": ours.backend,
+        "rnnlab_path": choice.name,
+        "rnnlab_path_reason": choice.reason,
         "parameters": params,
         "times_s": times,
         "ratios": ratios(times),
@@ -246,7 +250,7 @@ def bench_variant(variant: str, shape: Shape, repeats: int) -> dict:
     loop = _variant_layer(variant, shape, "reference")
     loop.load_state_dict(ours.state_dict())
     layers = 1 if variant == "jordan" else shape.layers
-    plain = LSTM(shape.input, shape.hidden, num_layers=layers)
+    plain = LSTM(shape.input, shape.hidden, num_layers=layers, backend="auto")
     x, grad = _inputs(shape, ours.output_size)
     kwargs = {}
     if variant == "jordan":  # teacher forcing with one-hot symbols, as the language model
@@ -266,6 +270,8 @@ def bench_variant(variant: str, shape: Shape, repeats: int) -> dict:
         "label": shape.label,
         "layers": layers,
         "rnnlab_backend": ours.backend,
+        "rnnlab_path": ours.backend_choice().name,
+        "plain_lstm_path": plain.backend_choice().name,
         "times_s": times,
         "ratios": ratios(times),
     }
@@ -503,6 +509,7 @@ def markdown(results: dict) -> str:
             [
                 r["label"],
                 r["cell"],
+                r.get("rnnlab_path", r["rnnlab_backend"]),
                 _ms(r["times_s"]["rnnlab"]),
                 _ms(r["times_s"]["torch.nn"]),
                 _ms(r["times_s"]["cell loop"]),
@@ -513,11 +520,12 @@ def markdown(results: dict) -> str:
         ]
         parts.append(
             "\n## Training step (forward + backward), shape = batch x steps x input x hidden "
-            "x layers\n\n"
+            "x layers; rnnlab with backend='auto', the path it took in the third column\n\n"
             + _table(
                 [
                     "shape",
                     "cell",
+                    "auto ->",
                     "rnnlab ms",
                     "torch.nn ms",
                     "cell loop ms",
@@ -532,6 +540,7 @@ def markdown(results: dict) -> str:
             [
                 r["variant"],
                 r["label"] + (" (1 layer)" if r["layers"] != r["shape"][4] else ""),
+                f"{r.get('rnnlab_path', '?')} / {r.get('plain_lstm_path', '?')}",
                 _ms(r["times_s"]["rnnlab"]),
                 _ms(r["times_s"]["python loop"]),
                 _ms(r["times_s"]["rnnlab plain lstm"]),
@@ -546,6 +555,7 @@ def markdown(results: dict) -> str:
                 [
                     "variant",
                     "shape",
+                    "auto -> (variant / plain)",
                     "rnnlab ms",
                     "python loop ms",
                     "plain LSTM ms",
