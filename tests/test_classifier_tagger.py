@@ -67,7 +67,7 @@ def test_docstring_examples(module):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("pooling", classifier_module.POOLINGS)
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_padding_changes_nothing(cell, pooling, bidirectional):
     """Each sequence of a padded batch gets the logits it gets alone, whatever the padding."""
@@ -113,6 +113,34 @@ def test_mean_and_max_pooling_are_over_real_steps():
     peak = model.encoder.summary(x, lengths, "max")
     torch.testing.assert_close(mean[1], outputs[1, :2].mean(0))
     torch.testing.assert_close(peak[1], outputs[1, :2].amax(0))
+
+
+def test_mean_max_and_attention_pooling_match_a_direct_computation():
+    """``mean-max``: [mean; max] over the real steps; ``attention``: the outputs weighted by
+    a softmax, over the real steps only, of the learned score w.y_t + b."""
+    torch.manual_seed(0)
+    x, lengths = torch.randn(3, 6, 2, dtype=torch.float64) * 10, torch.tensor([6, 2, 4])
+    for pooling in ("mean-max", "attention"):
+        config = ClassifierConfig(
+            input_size=2, num_classes=3, hidden_size=4, bidirectional=True, pooling=pooling
+        )
+        model = SequenceClassifier(config).double().eval()
+        outputs, _ = model.encoder(x, lengths)
+        summary = model.encode(x, lengths)
+        assert summary.shape == (3, 16 if pooling == "mean-max" else 8)
+        for n, length in enumerate(lengths.tolist()):
+            y = outputs[n, :length]  # (T_n, 8), real steps only
+            if pooling == "mean-max":
+                expected = torch.cat([y.mean(0), y.amax(0)])
+            else:
+                w, b = model.attention.weight[0], model.attention.bias[0]
+                scores = torch.stack([w @ y_t + b for y_t in y])
+                a = torch.exp(scores - scores.max())
+                expected = (a / a.sum()) @ y
+            torch.testing.assert_close(summary[n], expected)
+        torch.testing.assert_close(model(x, lengths), model.head(summary))
+    with pytest.raises(ValueError, match="pooling='attention' needs score"):
+        model.encoder.summary(x, lengths, "attention")
 
 
 def test_encode_is_the_summary_the_head_reads():
@@ -287,8 +315,12 @@ def test_bad_token_ids_and_configs():
         tagger(torch.tensor([[0, 5]]))
     with pytest.raises(ValueError, match="expects token ids"):
         tagger(torch.randn(1, 2, 4))
-    with pytest.raises(ValueError, match="pooling must be one of last, mean, max"):
+    with pytest.raises(
+        ValueError, match="pooling must be one of last, mean, max, mean-max, attention"
+    ):
         ClassifierConfig(input_size=1, num_classes=2, pooling="first")
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        RegressorConfig(input_size=1, pooling="median")
     with pytest.raises(ValueError, match="num_classes must be at least 2"):
         ClassifierConfig(input_size=1, num_classes=1)
     with pytest.raises(ValueError, match="cell must be one of lstm, gru, rnn"):
@@ -324,6 +356,18 @@ def test_time_warp_keeps_each_sequence_ends_and_its_range():
             assert x[0, 0] == original[0, 0] and x[T_new - 1, 0] == original[-1, 0]
             assert (x[:T_new, 0].diff() >= 0).all()  # rising inputs stay rising
     assert common.time_warp(b, 0.0).x.equal(b.x)
+
+
+def test_feature_dropout_zeroes_whole_feature_tracks():
+    x = torch.randn(200, 7, 12) + 5  # no zeros of its own
+    torch.manual_seed(0)
+    dropped = common.feature_dropout(x, 0.25)
+    zero = dropped == 0
+    assert zero.all(1).eq(zero.any(1)).all()  # a track is zeroed at every step or none
+    assert abs(zero.any(1).float().mean().item() - 0.25) < 0.02
+    kept = ~zero
+    torch.testing.assert_close(dropped[kept], x[kept] / 0.75)
+    assert common.feature_dropout(x, 0.0) is x
 
 
 def test_averaging_task_returns_the_mean_of_the_last_weights():
@@ -461,6 +505,8 @@ def test_japanese_vowels_on_all_training_data_with_averaged_weights(capsys, tmp_
         "0.5",
         "--time-warp",
         "0.2",
+        "--feature-dropout",
+        "0.1",
         "--label-smoothing",
         "0.1",
         "--out",
@@ -507,6 +553,7 @@ def test_truecase_task_compares_both_directions(capsys, tmp_path):
         (["truecase", "--window", "0"], "--window"),
         (["japanese-vowels", "--average", "1"], "--average"),
         (["japanese-vowels", "--time-warp", "-0.1"], "--time-warp"),
+        (["japanese-vowels", "--feature-dropout", "1"], "--feature-dropout"),
     ],
 )
 def test_task_bad_option_is_one_line(capsys, argv, fragment):

@@ -68,6 +68,7 @@ class Defaults:
     average: float | None = None  # None hides --average
     label_smoothing: float | None = None  # None hides --label-smoothing
     time_warp: float | None = None  # None hides --time-warp
+    feature_dropout: float | None = None  # None hides --feature-dropout
 
 
 def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
@@ -118,8 +119,9 @@ def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
             "--pooling",
             choices=POOLINGS,
             default=d.pooling,
-            help=f"summary the decision reads: final state, or mean / max over time "
-            f"(default: {d.pooling})",
+            help=f"summary the decision reads: the final state (last), the mean or maximum "
+            f"over time, both concatenated (mean-max), or a mean weighted by a learned "
+            f"softmax over time (attention) (default: {d.pooling})",
         )
     o = p.add_argument_group("optimisation")
     if d.noise is not None:
@@ -140,6 +142,16 @@ def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
             help=f"stretch or squeeze each training sequence in time by a random factor in "
             f"[1 - X, 1 + X] (linear interpolation), a data augmentation; 0: off "
             f"(default: {d.time_warp})",
+        )
+    if d.feature_dropout is not None:
+        o.add_argument(
+            "--feature-dropout",
+            type=fraction,
+            default=d.feature_dropout,
+            metavar="X",
+            help=f"zero each input feature of each training sequence, at every step, with "
+            f"probability X (the rest scaled by 1 / (1 - X)), a data augmentation; 0: off "
+            f"(default: {d.feature_dropout})",
         )
     if d.label_smoothing is not None:
         o.add_argument(
@@ -562,6 +574,7 @@ def classify_seed(args, seed: int, name: str, train_all, test, classes, example:
         "average": getattr(args, "average", 0.0),
         "label_smoothing": getattr(args, "label_smoothing", 0.0),
         "time_warp": getattr(args, "time_warp", 0.0),
+        "feature_dropout": getattr(args, "feature_dropout", 0.0),
         **example,
     }
     torch.manual_seed(seed)
@@ -585,6 +598,7 @@ def classify_seed(args, seed: int, name: str, train_all, test, classes, example:
             getattr(args, "noise", 0.0),
             getattr(args, "label_smoothing", 0.0),
             getattr(args, "time_warp", 0.0),
+            getattr(args, "feature_dropout", 0.0),
         ),
         average=getattr(args, "average", 0.0),
     )
@@ -620,20 +634,34 @@ def time_warp(b: Batch, warp: float) -> Batch:
     return Batch(pad_sequence(warped, batch_first=True), lengths, b.y)
 
 
+def feature_dropout(x: Tensor, p: float) -> Tensor:
+    """(N, T, F) ``x`` with each of the N * F feature tracks zeroed, at every step, with
+    probability ``p`` and the others scaled by 1 / (1 - p); ``p`` = 0: ``x`` itself."""
+    if not p:
+        return x
+    keep = torch.rand(x.shape[0], 1, x.shape[2], device=x.device) >= p
+    return x * keep / (1 - p)
+
+
 def training_loss(
-    noise: float = 0.0, label_smoothing: float = 0.0, warp: float = 0.0
+    noise: float = 0.0,
+    label_smoothing: float = 0.0,
+    warp: float = 0.0,
+    drop_features: float = 0.0,
 ) -> Callable | None:
     """The classifier's training loss with each training batch time-warped (see
-    :func:`time_warp`), N(0, noise^2) added to every input (padded steps too, which the
-    model ignores), and label smoothing; validation and test see clean inputs and plain
+    :func:`time_warp`), whole input features dropped with probability ``drop_features``
+    (:func:`feature_dropout`), N(0, noise^2) added to every input (padded steps too, which
+    the model ignores), and label smoothing; validation and test see clean inputs and plain
     cross entropy.  None: the plain loss."""
-    if not noise and not label_smoothing and not warp:
+    if not noise and not label_smoothing and not warp and not drop_features:
         return None
 
     def loss(model, b: Batch) -> Tensor:
         if warp:
             b = time_warp(b, warp)
-        x = b.x + noise * torch.randn_like(b.x) if noise else b.x
+        x = feature_dropout(b.x, drop_features)
+        x = x + noise * torch.randn_like(x) if noise else x
         logits = model(x, b.lengths)
         return torch.nn.functional.cross_entropy(logits, b.y, label_smoothing=label_smoothing)
 

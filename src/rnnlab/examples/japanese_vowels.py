@@ -24,6 +24,12 @@ cross-validation and are off.  Measured with ``rnnlab task japanese-vowels --see
 previous defaults (checkpoint picked on 27 held-out utterances, no label smoothing); the
 gain seen in cross-validation did not carry over to the test set, and the 98% of the
 issue is not reached.
+
+A second round of 5-fold cross-validation on the training utterances, two seeds per fold
+(540 held-out predictions), found nothing better than these defaults (12 errors): zoneout
+0.2 (8 errors on one seed per fold, against 4), ``--pooling mean-max`` (16),
+``--pooling attention`` (20), ``--feature-dropout 0.1`` (16), two layers of 96 units per
+direction (17), so the defaults stay as they are.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ DEFAULTS = Defaults(
     average=0.0,
     label_smoothing=0.1,
     time_warp=0.0,
+    feature_dropout=0.0,
 )
 
 

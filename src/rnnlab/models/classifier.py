@@ -4,7 +4,7 @@ r"""Many-to-one: read a whole sequence, then decide once (seed 003's sentiment e
 
     x_1 ──> [RNN] ──> [RNN] ──> ... ──> [RNN] ──> h_T ──> linear ──> logits (N, C)
               │         │                 │
-              h_1       h_2      ...      h_T     (pooling="mean" / "max": over all h_t)
+              h_1       h_2      ...      h_T     (pooling="mean" / "max" / ...: over all h_t)
 
 The recurrent stack reads the (N, T, F) input; the **summary** of the sequence is
 
@@ -15,7 +15,12 @@ The recurrent stack reads the (N, T, F) input; the **summary** of the sequence i
   \overleftarrow{h}_1]`;
 * ``pooling="mean"``: :math:`s = \frac1T \sum_t y_t`, the mean of the top layer's outputs
   over the real steps;
-* ``pooling="max"``: the element-wise maximum of the outputs over the real steps.
+* ``pooling="max"``: the element-wise maximum of the outputs over the real steps;
+* ``pooling="mean-max"``: the two concatenated, :math:`s = [\text{mean}_t\, y_t;
+  \max_t y_t]` (2DH features);
+* ``pooling="attention"``: a learned weighted mean, :math:`s = \sum_t a_t y_t` with
+  :math:`a = \text{softmax}_t(w^\top y_t + b)` over the real steps, one score vector w
+  (DH) and bias b in the model (the ``attention`` linear layer).
 
 A linear head maps s to class logits (:class:`SequenceClassifier`, cross-entropy loss) or
 to real values (:class:`SequenceRegressor`, mean squared error).  Variable lengths are the
@@ -52,7 +57,7 @@ from torch import Tensor, nn
 from rnnlab.layers import BACKENDS, GRU, LSTM, RNN
 
 ENCODER_CELLS = ("lstm", "gru", "rnn")
-POOLINGS = ("last", "mean", "max")
+POOLINGS = ("last", "mean", "max", "mean-max", "attention")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,7 +120,8 @@ class EncoderConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ClassifierConfig(EncoderConfig):
-    """An :class:`EncoderConfig` plus num_classes C and pooling (``last``, ``mean``, ``max``)."""
+    """An :class:`EncoderConfig` plus num_classes C and pooling (one of :data:`POOLINGS`,
+    as the module docstring describes)."""
 
     num_classes: int
     pooling: str = "last"
@@ -207,8 +213,11 @@ class SequenceEncoder(nn.Module):
         h = state[0] if isinstance(state, tuple) else state
         return outputs, h
 
-    def summary(self, x: Tensor, lengths=None, pooling: str = "last") -> Tensor:
-        """One vector per sequence, (N, D*H), as the module docstring describes."""
+    def summary(
+        self, x: Tensor, lengths=None, pooling: str = "last", score: nn.Module | None = None
+    ) -> Tensor:
+        """One vector per sequence, (N, D*H) (``mean-max``: (N, 2*D*H)), as the module
+        docstring describes; ``attention`` needs ``score``, the (D*H -> 1) linear layer."""
         outputs, h = self(x, lengths)
         N, T, _ = outputs.shape
         if pooling == "last":
@@ -216,9 +225,33 @@ class SequenceEncoder(nn.Module):
             return h[-D:].transpose(0, 1).reshape(N, -1)  # [forward final; backward final]
         mask = step_mask(lengths, N, T, outputs.device).unsqueeze(-1)
         if pooling == "mean":
-            count = mask.sum(1).to(outputs.dtype)
-            return (outputs * mask).sum(1) / count
-        return outputs.masked_fill(~mask, float("-inf")).amax(1)
+            return masked_mean(outputs, mask)
+        if pooling == "max":
+            return masked_max(outputs, mask)
+        if pooling == "mean-max":
+            return torch.cat([masked_mean(outputs, mask), masked_max(outputs, mask)], -1)
+        if pooling == "attention":
+            if score is None:
+                raise ValueError("pooling='attention' needs score, a linear layer D*H -> 1")
+            weights = score(outputs).masked_fill(~mask, float("-inf")).softmax(1)  # (N, T, 1)
+            return (weights * outputs).sum(1)
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+
+
+def masked_mean(outputs: Tensor, mask: Tensor) -> Tensor:
+    """Mean of (N, T, K) ``outputs`` over the steps where ``mask`` (N, T, 1) is True."""
+    return (outputs * mask).sum(1) / mask.sum(1).to(outputs.dtype)
+
+
+def masked_max(outputs: Tensor, mask: Tensor) -> Tensor:
+    """Element-wise maximum of (N, T, K) ``outputs`` over the steps where ``mask`` is True."""
+    return outputs.masked_fill(~mask, float("-inf")).amax(1)
+
+
+def summary_size(config: EncoderConfig, pooling: str) -> int:
+    """Features of the summary vector that ``pooling`` makes from ``config``'s encoder."""
+    size = config.num_directions * config.hidden_size
+    return 2 * size if pooling == "mean-max" else size
 
 
 class _SummaryHead(nn.Module):
@@ -229,12 +262,17 @@ class _SummaryHead(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = SequenceEncoder(config, type(self).__name__)
+        if config.pooling == "attention":
+            self.attention = nn.Linear(self.encoder.output_size, 1)  # a score per step
+        else:
+            self.attention = None
         self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(self.encoder.output_size, out_features)
+        self.head = nn.Linear(summary_size(config, config.pooling), out_features)
 
     def encode(self, x: Tensor, lengths=None) -> Tensor:
-        """The summary the head reads, one vector per sequence: (N, D*H)."""
-        return self.encoder.summary(x, lengths, self.config.pooling)
+        """The summary the head reads, one vector per sequence: (N, D*H), or (N, 2*D*H)
+        with ``mean-max`` pooling."""
+        return self.encoder.summary(x, lengths, self.config.pooling, self.attention)
 
     def forward(self, x: Tensor, lengths=None) -> Tensor:
         return self.head(self.drop(self.encode(x, lengths)))
@@ -245,7 +283,8 @@ class SequenceClassifier(_SummaryHead):
 
     ``loss(x, targets, lengths=None)``: mean cross entropy in nats, targets (N,) class ids;
     ``predict(x, lengths=None)``: (N,) most likely classes, without gradients;
-    ``encode(x, lengths=None)``: the (N, D*H) summary the decision is made from.
+    ``encode(x, lengths=None)``: the (N, D*H) summary the decision is made from (2*D*H
+    with ``mean-max`` pooling).
     """
 
     def __init__(self, config: ClassifierConfig):
@@ -288,5 +327,7 @@ __all__ = [
     "SequenceClassifier",
     "SequenceEncoder",
     "SequenceRegressor",
+    "POOLINGS",
     "step_mask",
+    "summary_size",
 ]
