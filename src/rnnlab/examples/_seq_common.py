@@ -10,7 +10,6 @@ validation data; the checkpoint with the lowest validation loss is scored once o
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,13 +22,17 @@ from torch.nn.utils.rnn import pad_sequence
 
 from rnnlab.argtypes import fraction, nonnegative_float, positive_float, positive_int
 from rnnlab.errors import UserError
+from rnnlab.examples._shared import (
+    add_optim_options,
+    add_output_options,
+    add_stack_options,
+    write_results,
+)
 from rnnlab.models.generator import BOS, EOS, LAYERS, PAD
 from rnnlab.models.seq2seq import ATTENTIONS, Seq2Seq, Seq2SeqConfig
-from rnnlab.training import distributed
 from rnnlab.training.checkpoint import load_model, save_model
 from rnnlab.training.config import OptimConfig, OutputConfig, TrainConfig
 from rnnlab.training.schedules import (
-    LR_SCHEDULES,
     TEACHER_SCHEDULES,
     ScheduleConfig,
     TeacherForcing,
@@ -222,21 +225,7 @@ def add_common_arguments(p: argparse.ArgumentParser, d: Defaults, data=None) -> 
     if data is not None:
         data(g)
     m = p.add_argument_group("model")
-    m.add_argument("--cell", choices=tuple(LAYERS), default=d.cell, help=f"(default: {d.cell})")
-    m.add_argument(
-        "--hidden",
-        type=positive_int,
-        default=d.hidden,
-        metavar="N",
-        help=f"units per layer (default: {d.hidden})",
-    )
-    m.add_argument(
-        "--layers",
-        type=positive_int,
-        default=d.layers,
-        metavar="N",
-        help=f"stacked recurrent layers (default: {d.layers})",
-    )
+    add_stack_options(m, LAYERS, d.cell, d.hidden, d.layers, d.dropout)
     m.add_argument(
         "--embedding",
         type=positive_int,
@@ -257,30 +246,13 @@ def add_common_arguments(p: argparse.ArgumentParser, d: Defaults, data=None) -> 
             default=d.attention,
             help=f"none, bahdanau (additive) or luong (multiplicative) (default: {d.attention})",
         )
-    m.add_argument(
-        "--dropout",
-        type=fraction,
-        default=d.dropout,
-        metavar="X",
-        help=f"between layers and before the output layer (default: {d.dropout})",
-    )
     o = p.add_argument_group("training")
-    o.add_argument(
-        "--lr", type=positive_float, default=d.lr, metavar="X", help=f"Adam (default: {d.lr})"
-    )
-    o.add_argument(
-        "--schedule",
-        choices=LR_SCHEDULES,
-        default=d.schedule,
-        help=f"learning-rate schedule; cosine decays to 0 over the run's budget "
-        f"(default: {d.schedule})",
-    )
-    o.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=d.batch_size,
-        metavar="N",
-        help=f"sequences per update (default: {d.batch_size})",
+    add_optim_options(
+        o,
+        d.lr,
+        d.schedule,
+        d.batch_size,
+        "learning-rate schedule; cosine decays to 0 over the run's budget",
     )
     o.add_argument(
         "--teacher-forcing",
@@ -345,23 +317,10 @@ def add_common_arguments(p: argparse.ArgumentParser, d: Defaults, data=None) -> 
         f"(default: {d.length_penalty})",
     )
     r.add_argument(
-        "--eval-interval",
-        type=positive_int,
-        default=d.eval_interval,
-        metavar="N",
-        help=f"updates between validations (default: {d.eval_interval})",
-    )
-    r.add_argument(
         "--seed", type=int, default=1, metavar="N", help="seeds data and training (default: 1)"
     )
-    r.add_argument("--out", default=d.out, metavar="DIR", help=f"run directory (default: {d.out})")
-    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    r.add_argument(
-        "--threads",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="torch intra-op threads; these small batches run fastest on one (default: 1)",
+    add_output_options(
+        r, d.out, d.eval_interval, "torch intra-op threads; these small batches run fastest on one"
     )
     p.set_defaults(default_max_steps=d.max_steps, default_max_time=d.max_time)
 
@@ -508,8 +467,7 @@ def train_and_test(
         "config": config.to_json(),
     }
     out = Path(result.out)
-    if distributed.current().is_main:  # under torchrun, rank 0 alone writes
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_results(out, results)
     log(
         f"trained {result.steps} updates in {result.train_seconds:.0f} s of updates "
         f"({train_wall:.0f} s with validations); best checkpoint: step {info.get('step')}"

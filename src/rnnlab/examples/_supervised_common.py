@@ -11,7 +11,6 @@ training or model selection.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +24,12 @@ from torch.nn.utils.rnn import pad_sequence
 
 from rnnlab.argtypes import fraction, nonnegative_float, positive_float, positive_int
 from rnnlab.errors import UserError
+from rnnlab.examples._shared import (
+    add_optim_options,
+    add_output_options,
+    add_stack_options,
+    write_results,
+)
 from rnnlab.models.classifier import (
     ENCODER_CELLS,
     POOLINGS,
@@ -33,7 +38,7 @@ from rnnlab.models.classifier import (
 )
 from rnnlab.training.checkpoint import load_model, save_model
 from rnnlab.training.config import OptimConfig, OutputConfig, TrainConfig
-from rnnlab.training.schedules import LR_SCHEDULES, ScheduleConfig
+from rnnlab.training.schedules import ScheduleConfig
 from rnnlab.training.supervised import SupervisedTask
 from rnnlab.training.trainer import Trainer, TrainResult
 
@@ -74,22 +79,8 @@ class Defaults:
 def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
     """The flags every classification/tagging example takes, with its defaults shown."""
     m = p.add_argument_group("model")
-    m.add_argument(
-        "--cell", choices=ENCODER_CELLS, default=d.cell, help=f"recurrent cell (default: {d.cell})"
-    )
-    m.add_argument(
-        "--hidden",
-        type=positive_int,
-        default=d.hidden,
-        metavar="N",
-        help=f"units per layer and direction (default: {d.hidden})",
-    )
-    m.add_argument(
-        "--layers",
-        type=positive_int,
-        default=d.layers,
-        metavar="N",
-        help=f"stacked recurrent layers (default: {d.layers})",
+    add_stack_options(
+        m, ENCODER_CELLS, d.cell, d.hidden, d.layers, d.dropout, "units per layer and direction"
     )
     shown = "both, one after the other" if d.bidirectional is None else d.bidirectional
     m.add_argument(
@@ -97,13 +88,6 @@ def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
         action=argparse.BooleanOptionalAction,
         default=d.bidirectional,
         help=f"read the sequence both ways (default: {shown})",
-    )
-    m.add_argument(
-        "--dropout",
-        type=fraction,
-        default=d.dropout,
-        metavar="X",
-        help=f"between layers and before the output layer (default: {d.dropout})",
     )
     m.add_argument(
         "--zoneout",
@@ -163,28 +147,13 @@ def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
             f"classes, a regulariser; validation and test losses stay plain cross entropy "
             f"(default: {d.label_smoothing})",
         )
-    o.add_argument(
-        "--lr", type=positive_float, default=d.lr, metavar="X", help=f"Adam (default: {d.lr})"
-    )
-    o.add_argument(
-        "--schedule",
-        choices=LR_SCHEDULES,
-        default=d.schedule,
-        help=f"learning-rate schedule (default: {d.schedule})",
-    )
+    add_optim_options(o, d.lr, d.schedule, d.batch_size)
     o.add_argument(
         "--weight-decay",
         type=nonnegative_float,
         default=d.weight_decay,
         metavar="X",
         help=f"(default: {d.weight_decay})",
-    )
-    o.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=d.batch_size,
-        metavar="N",
-        help=f"sequences per update (default: {d.batch_size})",
     )
     o.add_argument(
         "--max-steps",
@@ -220,13 +189,6 @@ def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
         + (" (with --average: only to report on)" if d.average is not None else "")
         + f"; 0: train on all of it and keep the last weights (default: {d.val_fraction})",
     )
-    r.add_argument(
-        "--eval-interval",
-        type=positive_int,
-        default=d.eval_interval,
-        metavar="N",
-        help=f"updates between validations (default: {d.eval_interval})",
-    )
     r.add_argument("--seed", type=int, default=1, metavar="N", help="first seed (default: 1)")
     r.add_argument(
         "--seeds",
@@ -235,15 +197,12 @@ def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
         metavar="K",
         help="train K runs, seeds N..N+K-1, and report mean and spread (default: 1)",
     )
-    r.add_argument("--out", default=d.out, metavar="DIR", help=f"run directory (default: {d.out})")
-    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    r.add_argument(
-        "--threads",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="CPU threads for torch; these models are small, and more threads than free "
-        "cores slow them down many times over (default: 1)",
+    add_output_options(
+        r,
+        d.out,
+        d.eval_interval,
+        "CPU threads for torch; these models are small, and more threads than free cores "
+        "slow them down many times over",
     )
 
 
@@ -500,13 +459,6 @@ def percent(s: dict[str, float]) -> str:
     if s["n"] > 1:
         text += f" (min {100 * s['min']:.2f}, max {100 * s['max']:.2f}, {s['n']} seeds)"
     return text
-
-
-def write_results(out: Path, results: dict) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    return path
 
 
 class Timer:

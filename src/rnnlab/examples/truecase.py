@@ -28,6 +28,7 @@ import torch
 
 from rnnlab.argtypes import positive_int
 from rnnlab.data import load_text
+from rnnlab.examples._shared import write_results
 from rnnlab.examples._supervised_common import (
     TAGGER_KIND,
     Defaults,
@@ -39,7 +40,6 @@ from rnnlab.examples._supervised_common import (
     tagging_metrics,
     train_config,
     train_model,
-    write_results,
     zoneout,
 )
 from rnnlab.examples._supervised_common import add_arguments as add_common_arguments
