@@ -83,7 +83,8 @@ FLAGS = [
         "--backend",
         ("model", "backend"),
         dict(choices=BACKENDS),
-        "fused: hand-derived BPTT; reference: autograd",
+        "auto: the fastest exact path (torch.nn's kernel for the LSTM on the CPU); fused: "
+        "hand-derived BPTT; torch: torch.nn's kernel; reference: autograd",
     ),
     (
         "--dtype",

@@ -74,7 +74,9 @@ class EncoderConfig:
     dropout: between recurrent layers and on the features the head reads.
     zoneout: lstm only: probability that a unit keeps its previous h and c at a step in
         training (Krueger et al. 2017; evaluation uses the expectation), a regulariser.
-    backend: ``fused`` (hand-derived BPTT) or ``reference`` (autograd through steps).
+    backend: ``auto`` (the fastest exact path: PyTorch's kernel for the LSTM on the CPU, the
+        fused path for GRU and Elman), ``fused`` (hand-derived BPTT), ``torch`` (torch.nn's
+        kernel) or ``reference`` (autograd through steps); see rnnlab.backends.training.
     """
 
     input_size: int
@@ -85,7 +87,7 @@ class EncoderConfig:
     bidirectional: bool = False
     dropout: float = 0.0
     zoneout: float = 0.0
-    backend: str = "fused"
+    backend: str = "auto"
 
     def __post_init__(self):
         for name in ("input_size", "hidden_size", "num_layers"):

@@ -47,7 +47,9 @@ class ModelConfig:
     nonlinearity: activation of the rnn, pascanu and jordan cells (tanh, sigmoid, relu).
     hidden_recurrence: jordan only: also feed h_{t-1} back (hidden and output recurrence).
     dtype: ``float32`` or ``float64`` (for exact comparisons).
-    backend: ``fused`` (hand-derived BPTT) or ``reference`` (autograd through steps).
+    backend: ``auto`` (the fastest exact path: PyTorch's kernel for the LSTM on the CPU, the
+        fused path for GRU and Elman), ``fused`` (hand-derived BPTT), ``torch`` (torch.nn's
+        kernel) or ``reference`` (autograd through steps); see rnnlab.backends.training.
     """
 
     vocab_size: int
@@ -57,7 +59,7 @@ class ModelConfig:
     embedding_dim: int = 64
     dropout: float = 0.0
     nonlinearity: str = "tanh"
-    backend: str = "fused"
+    backend: str = "auto"
     hidden_recurrence: bool = False
     dtype: str = "float32"
 
