@@ -5,7 +5,7 @@ checkpoint (``checkpoint.json``).  It can be read from a TOML file whose tables 
 groups (``[data]``, ``[model]``, ``[optim]``, ``[schedule]``, ``[teacher]``,
 ``[output]``) and whose keys are
 the field names below; command-line flags override the file.  A bare name such as
-``shakespeare-30min`` picks a preset shipped with the package (``rnnlab/presets/*.toml``).
+``demo`` picks a preset shipped with the package (``rnnlab/presets/*.toml``).
 """
 
 from __future__ import annotations
