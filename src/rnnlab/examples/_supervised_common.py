@@ -28,6 +28,7 @@ from rnnlab.examples._shared import (
     add_optim_options,
     add_output_options,
     add_stack_options,
+    number,
     write_results,
 )
 from rnnlab.models.classifier import (
@@ -108,45 +109,39 @@ def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
             f"softmax over time (attention) (default: {d.pooling})",
         )
     o = p.add_argument_group("optimisation")
-    if d.noise is not None:
-        o.add_argument(
+    augmentations = (  # shown only for examples that set a default
+        (
             "--noise",
-            type=nonnegative_float,
-            default=d.noise,
-            metavar="X",
-            help=f"standard deviation of Gaussian noise added to the standardised inputs of "
-            f"each training batch, a data augmentation (default: {d.noise})",
-        )
-    if d.time_warp is not None:
-        o.add_argument(
+            nonnegative_float,
+            d.noise,
+            "standard deviation of Gaussian noise added to the standardised inputs of each "
+            "training batch, a data augmentation",
+        ),
+        (
             "--time-warp",
-            type=fraction,
-            default=d.time_warp,
-            metavar="X",
-            help=f"stretch or squeeze each training sequence in time by a random factor in "
-            f"[1 - X, 1 + X] (linear interpolation), a data augmentation; 0: off "
-            f"(default: {d.time_warp})",
-        )
-    if d.feature_dropout is not None:
-        o.add_argument(
+            fraction,
+            d.time_warp,
+            "stretch or squeeze each training sequence in time by a random factor in "
+            "[1 - X, 1 + X] (linear interpolation), a data augmentation; 0: off",
+        ),
+        (
             "--feature-dropout",
-            type=fraction,
-            default=d.feature_dropout,
-            metavar="X",
-            help=f"zero each input feature of each training sequence, at every step, with "
-            f"probability X (the rest scaled by 1 / (1 - X)), a data augmentation; 0: off "
-            f"(default: {d.feature_dropout})",
-        )
-    if d.label_smoothing is not None:
-        o.add_argument(
+            fraction,
+            d.feature_dropout,
+            "zero each input feature of each training sequence, at every step, with "
+            "probability X (the rest scaled by 1 / (1 - X)), a data augmentation; 0: off",
+        ),
+        (
             "--label-smoothing",
-            type=fraction,
-            default=d.label_smoothing,
-            metavar="X",
-            help=f"train towards 1 - X on the true class and X spread evenly over all "
-            f"classes, a regulariser; validation and test losses stay plain cross entropy "
-            f"(default: {d.label_smoothing})",
-        )
+            fraction,
+            d.label_smoothing,
+            "train towards 1 - X on the true class and X spread evenly over all classes, a "
+            "regulariser; validation and test losses stay plain cross entropy",
+        ),
+    )
+    for flag, kind, default, text in augmentations:
+        if default is not None:
+            number(o, flag, kind, default, text, "X")
     add_optim_options(o, d.lr, d.schedule, d.batch_size)
     o.add_argument(
         "--weight-decay",
