@@ -26,6 +26,7 @@ from rnnlab.examples._shared import (
     add_optim_options,
     add_output_options,
     add_stack_options,
+    number,
     write_results,
 )
 from rnnlab.models.generator import BOS, EOS, LAYERS, PAD
@@ -201,27 +202,9 @@ def add_common_arguments(p: argparse.ArgumentParser, d: Defaults, data=None) -> 
     example's own data flags."""
     g = p.add_argument_group("data")
     if d.train_size:
-        g.add_argument(
-            "--train-size",
-            type=positive_int,
-            default=d.train_size,
-            metavar="N",
-            help=f"training examples (default: {d.train_size})",
-        )
-        g.add_argument(
-            "--val-size",
-            type=positive_int,
-            default=d.val_size,
-            metavar="N",
-            help=f"validation examples (default: {d.val_size})",
-        )
-        g.add_argument(
-            "--test-size",
-            type=positive_int,
-            default=d.test_size,
-            metavar="N",
-            help=f"held-out test examples (default: {d.test_size})",
-        )
+        number(g, "--train-size", positive_int, d.train_size, "training examples")
+        number(g, "--val-size", positive_int, d.val_size, "validation examples")
+        number(g, "--test-size", positive_int, d.test_size, "held-out test examples")
     if data is not None:
         data(g)
     m = p.add_argument_group("model")

@@ -143,13 +143,7 @@ def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
         if default is not None:
             number(o, flag, kind, default, text, "X")
     add_optim_options(o, d.lr, d.schedule, d.batch_size)
-    o.add_argument(
-        "--weight-decay",
-        type=nonnegative_float,
-        default=d.weight_decay,
-        metavar="X",
-        help=f"(default: {d.weight_decay})",
-    )
+    number(o, "--weight-decay", nonnegative_float, d.weight_decay, "Adam's L2 weight decay", "X")
     o.add_argument(
         "--max-steps",
         type=positive_int,
