@@ -17,7 +17,8 @@ def table() -> str:
     rows = [
         "| flag | default | meaning |",
         "|---|---|---|",
-        "| `--config FILE` | none | TOML file or preset name (`demo`); flags override it |",
+        "| `--config FILE` | none | TOML file or preset name (`demo`, `shakespeare-30min`); "
+        "flags override it |",
         "| `--resume RUN_DIR` | none | continue that run from `last/`; flags override its "
         "saved config |",
     ]

@@ -59,6 +59,14 @@ def test_bench_speed_tiny_run_writes_json_and_markdown(tmp_path, capsys):
     assert all(positive(v) for v in [*gen["ratios"].values(), *gen["us_per_char"].values()])
     assert positive(results["generation_first_call"]["first_call_s"])
 
+    precision = results["precision"]
+    assert precision["shape"] == [4, 20, 32, 2] and isinstance(precision["amx"], bool)
+    assert set(precision["times_s"]) == {"torch.nn float32", "rnnlab float32", "rnnlab bfloat16"}
+    assert set(precision["ratios"]) == {"rnnlab float32", "rnnlab bfloat16"}
+    speeds = [*precision["ratios"].values(), *precision["chars_per_s"].values()]
+    assert all(positive(v) for v in speeds)
+    assert "## Precision: one character-model training step" in printed
+
     limit = results["limit"]
     assert positive(limit["peak_gflops"])
     assert len(limit["training"]) == 9

@@ -474,10 +474,12 @@ def test_tensorboard_scalars_are_written(tmp_path):
 
 @pytest.mark.parametrize("hidden", [False, True])
 def test_scheduled_sampling_on_a_jordan_language_model(tmp_path, hidden):
-    cfg = small_config(tmp_path, max_steps=30).updated({
-        "model": {"cell": "jordan", "hidden_recurrence": hidden},
-        "teacher": {"schedule": "linear", "k": 1.0, "c": 0.02, "min_p": 0.5},
-    })
+    cfg = small_config(tmp_path, max_steps=30).updated(
+        {
+            "model": {"cell": "jordan", "hidden_recurrence": hidden},
+            "teacher": {"schedule": "linear", "k": 1.0, "c": 0.02, "min_p": 0.5},
+        }
+    )
     result = train(cfg, text=TEXT, log=lambda m: None)
     records = train_records(tmp_path)
     probs = [r["teacher_p"] for r in records]
@@ -490,7 +492,8 @@ def test_scheduled_sampling_on_a_jordan_language_model(tmp_path, hidden):
 
 def test_pascanu_cell_trains_with_the_regulariser(tmp_path):
     cfg = small_config(tmp_path, pascanu_alpha=2.0).updated(
-        {"model": {"cell": "pascanu", "nonlinearity": "sigmoid"}})
+        {"model": {"cell": "pascanu", "nonlinearity": "sigmoid"}}
+    )
     result = train(cfg, text=TEXT, log=lambda m: None)
     records = train_records(tmp_path)
     assert all("omega" in r for r in records) and result.best_val_loss < math.log(27)

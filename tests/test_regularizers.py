@@ -42,7 +42,7 @@ def direct_omega(form, nonlinearity, W, W_in, b, u, s0, target):
             deriv = (1 - act(a) ** 2 if nonlinearity == "tanh" else act(a) * (1 - act(a))).detach()
             nxt = (a - a.detach()) * deriv  # linear in s_k and W, slope phi'
         else:
-            deriv = (1 - act(s_k) ** 2 if nonlinearity == "tanh" else act(s_k) * (1 - act(s_k)))
+            deriv = 1 - act(s_k) ** 2 if nonlinearity == "tanh" else act(s_k) * (1 - act(s_k))
             nxt = (s_k * deriv.detach()) @ W.t()  # d x_{k+1}/d x_k = W diag(sigma'(x_k))
         (vjp,) = torch.autograd.grad(nxt, s_k, grad_outputs=dE[k].detach(), create_graph=True)
         ratio = vjp.norm(dim=-1) / dE[k].norm(dim=-1)

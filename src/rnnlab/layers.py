@@ -45,6 +45,7 @@ bidirectional else 1; with ``batch_first=True`` input and output are (N, T, .). 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -81,10 +82,20 @@ from rnnlab.cells.pascanu import (
     pascanu_sequence_reference,
     pascanu_step,
 )
+from rnnlab.dropout import dropout
 from rnnlab.init import Init, apply_init
 
 BACKENDS = TRAINING_BACKENDS  # ("auto", "fused", "reference", "torch")
 logger = logging.getLogger("rnnlab")
+
+
+def autocast_dtype(x: Tensor) -> torch.dtype | None:
+    """The lower-precision dtype of the ``torch.autocast`` region in force on ``x``'s
+    device, or None outside one."""
+    device = x.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -339,11 +350,13 @@ class _Stack(nn.Module):
                 f"input feature size must be input_size={self.input_size}; "
                 f"got shape {tuple(input.shape)}"
             )
-        if input.dtype != self.weight_ih_l0.dtype:
-            raise ValueError(
-                f"input dtype {input.dtype} does not match the parameters' "
-                f"{self.weight_ih_l0.dtype}"
-            )
+        dtype = self.weight_ih_l0.dtype
+        if input.dtype != dtype:
+            if input.dtype != autocast_dtype(input):
+                raise ValueError(
+                    f"input dtype {input.dtype} does not match the parameters' {dtype}"
+                )
+            input = input.to(dtype)  # the output of an earlier layer under autocast
         unbatched = input.dim() == 2
         if unbatched:
             input = input.unsqueeze(1)
@@ -371,9 +384,11 @@ class _Stack(nn.Module):
                 dims = "num_directions*num_layers, " + ("" if unbatched else "batch, ")
                 raise ValueError(f"state {name} must have shape {expected} ({dims}size); got {got}")
             if s.dtype != like.dtype:
-                raise ValueError(
-                    f"state {name} dtype {s.dtype} does not match the input's {like.dtype}"
-                )
+                if s.dtype != autocast_dtype(s):
+                    raise ValueError(
+                        f"state {name} dtype {s.dtype} does not match the input's {like.dtype}"
+                    )
+                s = s.to(like.dtype)  # a state carried over from a step under autocast
             out.append(s.unsqueeze(1) if unbatched else s)
         return out
 
@@ -404,14 +419,15 @@ class _Stack(nn.Module):
         finals = [[] for _ in states]
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout and self.training:
-                x = nn.functional.dropout(x, self.dropout, training=True)
+                x = dropout(x, self.dropout)
             outs = []
             for d, suffix in enumerate(self.suffixes):
                 index = layer * self.num_directions + d
                 params = self.direction_parameters(layer, suffix)
                 s0 = tuple(s[index] for s in states)
                 xin = x if d == 0 else reverse_time(x, lengths)
-                out, final = self._run_layer(xin, s0, params, lengths)
+                with self._precision_guard(xin) as cast:
+                    out, final = self._run_layer(cast(xin), tuple(map(cast, s0)), params, lengths)
                 outs.append(out if d == 0 else reverse_time(out, lengths))
                 for k, f in enumerate(final):
                     finals[k].append(f)
@@ -425,6 +441,15 @@ class _Stack(nn.Module):
         if packed:
             x = _repack(x, lengths, batch_sizes, sorted_indices, unsorted_indices, self.batch_first)
         return x, final
+
+    def _precision_guard(self, x: Tensor):
+        """Under ``torch.autocast`` only PyTorch's own kernels (the ``torch`` path) run in
+        the lower precision.  The hand-derived backward passes of the ``fused`` and
+        ``reference`` paths are written for one dtype, so they run in the parameters' dtype
+        with autocast off.  A context manager yielding the cast to apply to tensors."""
+        if autocast_dtype(x) is None or self.backend_choice().name == "torch":
+            return nullcontext(lambda t: t)
+        return _FullPrecision(x.device.type, self.weight_ih_l0.dtype)
 
     def _run_layer(self, x, state, params, lengths):
         """One direction of one layer over (T, N, I), honouring lengths."""
@@ -518,6 +543,21 @@ class _Stack(nn.Module):
         layer = cls(**cls._kwargs_from_torch(module), **kwargs, device=p.device, dtype=p.dtype)
         layer.load_state_dict(module.state_dict())
         return layer
+
+
+class _FullPrecision:
+    """``with`` block with autocast off on ``device``, yielding a cast to ``dtype``."""
+
+    def __init__(self, device: str, dtype: torch.dtype):
+        self.off = torch.autocast(device, enabled=False)
+        self.dtype = dtype
+
+    def __enter__(self):
+        self.off.__enter__()
+        return lambda t: t.to(self.dtype)
+
+    def __exit__(self, *exc):
+        return self.off.__exit__(*exc)
 
 
 def _repack(x, lengths, batch_sizes, sorted_indices, unsorted_indices, batch_first):
@@ -950,7 +990,9 @@ class JordanRNN(_Stack):
         def run(xs, st, step_tensors, _rows):
             return self._run_direction(xs, st, params, step_tensors)
 
-        ys, final = run_segments(run, x, tuple(states), lengths, steps)
+        with self._precision_guard(x) as cast:
+            steps = {k: cast(v) for k, v in steps.items()}
+            ys, final = run_segments(run, x, tuple(states), lengths, steps)
         final = [f.unsqueeze(0) for f in final]
         if unbatched:
             ys, final = ys.squeeze(1), [f.squeeze(1) for f in final]

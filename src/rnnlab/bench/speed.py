@@ -22,6 +22,11 @@ Sections (issue 8):
                 each sampling with ``torch.multinomial``; also rnnlab's plain torch path.
                 The compiled loop's first call (compile, or load from Numba's cache) is
                 timed apart and reported on its own.
+``precision``   a whole character-model training step (embedding, LSTM, dropout, output
+                layer, loss, backward, clipping, Adam) at the size of the
+                ``shakespeare-30min`` preset: a model written with ``torch.nn`` (float32)
+                vs rnnlab's ``LanguageModel`` in float32 and with ``precision="bfloat16"``
+                (autocast; fast only on CPUs with AMX, which the row reports).
 ``limit``       the float32 matmul peak measured in this run (the best of square matmuls)
                 and each training contender's achieved rate, 6 x tokens x parameters / time.
 """
@@ -44,7 +49,7 @@ from tqdm.auto import tqdm
 import rnnlab
 from rnnlab.layers import GRU, LSTM, RNN, JordanRNN
 
-SECTIONS = ("training", "variants", "generation", "limit")
+SECTIONS = ("training", "variants", "generation", "precision", "limit")
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ class Settings:
     gen_hidden: tuple[int, ...] = GEN_HIDDEN
     gen_chars: int = 400
     peak_sizes: tuple[int, ...] = (512, 1024, 2048)
+    lm_shape: tuple[int, int, int, int] = (64, 100, 512, 2)  # batch, steps, hidden, layers
     seed: int = 0
 
     def check(self) -> None:
@@ -376,6 +382,78 @@ def bench_generation(hidden: int, chars: int, repeats: int, temperature: float =
 # -- the limit ----------------------------------------------------------------------------
 
 
+# -- a whole language-model training step: float32 and bfloat16 ----------------------------
+
+
+class TorchCharModel(nn.Module):
+    """The character model as a ``torch.nn`` user writes it: embedding, ``nn.LSTM`` with
+    dropout between layers, ``nn.Dropout``, linear output, cross entropy."""
+
+    def __init__(self, vocab: int, embedding: int, hidden: int, layers: int, dropout: float):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, embedding)
+        self.rnn = nn.LSTM(embedding, hidden, layers, dropout=dropout)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, idx, state, targets):
+        hs, state = self.rnn(self.embedding(idx.t()), state)
+        logits = self.head(self.drop(hs)).transpose(0, 1)
+        flat = logits.reshape(-1, logits.shape[-1])
+        loss = nn.functional.cross_entropy(flat, targets.reshape(-1))
+        return logits, loss, state
+
+
+def lm_step(model: nn.Module, idx, targets, dtype: torch.dtype | None):
+    """One update of ``model`` (Adam, clipping at 1), forward under autocast to ``dtype``."""
+    optimizer = torch.optim.Adam(model.parameters(), 2e-3)
+
+    def run():
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            _, loss, _ = model(idx, None, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    return run
+
+
+def bench_precision(lm_shape: tuple[int, int, int, int], repeats: int) -> dict:
+    """The ``precision`` section: one training step of a character LSTM (65 symbols,
+    embedding 64, dropout 0.25) in three forms, interleaved."""
+    from rnnlab.models import LanguageModel, ModelConfig
+    from rnnlab.training.precision import cpu_has_amx
+
+    batch, steps, hidden, layers = lm_shape
+    vocab, embedding, dropout = 65, 64, 0.25
+    config = ModelConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_layers=layers,
+        embedding_dim=embedding,
+        dropout=dropout,
+    )
+    idx = torch.randint(0, vocab, (batch, steps))
+    targets = torch.randint(0, vocab, (batch, steps))
+    theirs = TorchCharModel(vocab, embedding, hidden, layers, dropout)
+    contenders = {
+        "torch.nn float32": lm_step(theirs, idx, targets, None),
+        "rnnlab float32": lm_step(LanguageModel(config), idx, targets, None),
+        "rnnlab bfloat16": lm_step(LanguageModel(config), idx, targets, torch.bfloat16),
+    }
+    times = interleaved(contenders, repeats)
+    base = times["torch.nn float32"]
+    return {
+        "shape": list(lm_shape),
+        "label": f"{batch}x{steps} chars, {layers}x{hidden} LSTM",
+        "amx": cpu_has_amx(),
+        "times_s": times,
+        "chars_per_s": {name: batch * steps / t for name, t in times.items()},
+        "ratios": {name: t / base for name, t in times.items() if name != "torch.nn float32"},
+    }
+
+
 def matmul_peak(sizes=(512, 1024, 2048), repeats: int = 5) -> dict:
     """Float32 GFLOP/s of square matmuls (median of ``repeats``); the peak is the best."""
     rates = {}
@@ -416,6 +494,8 @@ def run_speed(settings: Settings, out: Path | None = None, progress: bool = True
         jobs += [("variants", (v, settings.shapes[0])) for v in VARIANTS]
     if "generation" in sections:
         jobs += [("generation_first", None)] + [("generation", h) for h in settings.gen_hidden]
+    if "precision" in sections:
+        jobs += [("precision", None)]
     if "limit" in sections:
         jobs += [("limit", None)]
     results: dict = {
@@ -449,6 +529,8 @@ def run_speed(settings: Settings, out: Path | None = None, progress: bool = True
                 results.setdefault("generation", []).append(
                     bench_generation(arg, settings.gen_chars, settings.repeats)
                 )
+            elif kind == "precision":
+                results["precision"] = bench_precision(settings.lm_shape, settings.repeats)
             else:
                 limit = matmul_peak(settings.peak_sizes, repeats=max(3, settings.repeats))
                 limit["training"] = limit_rows(results.get("training", []), limit["peak_gflops"])
@@ -602,6 +684,23 @@ def markdown(results: dict) -> str:
                 rows,
             )
             + ("\n" + note if note else "")
+        )
+    if "precision" in results:
+        r = results["precision"]
+        rows = [
+            [
+                name,
+                _ms(t),
+                f"{r['chars_per_s'][name]:,.0f}",
+                f"{r['ratios'][name]:.2f}" if name in r["ratios"] else "1",
+            ]
+            for name, t in r["times_s"].items()
+        ]
+        amx = "this CPU has AMX" if r["amx"] else "no AMX on this CPU: bfloat16 is emulated"
+        parts.append(
+            f"\n## Precision: one character-model training step ({r['label']}, embedding 64, "
+            f"dropout 0.25, Adam; {amx}); ratio = time / torch.nn float32 time\n\n"
+            + _table(["contender", "ms", "chars/s", "vs torch.nn float32"], rows)
         )
     if "limit" in results:
         lim = results["limit"]

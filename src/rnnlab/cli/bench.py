@@ -58,7 +58,7 @@ def _add_speed_arguments(sub) -> None:
     )
     sp.add_argument(
         "--sections",
-        help="comma-separated: training, variants, generation, limit (default: all)",
+        help="comma-separated: training, variants, generation, precision, limit (default: all)",
     )
     sp.add_argument(
         "--shapes",
@@ -116,6 +116,7 @@ def run_speed(a) -> int:
         )
         if a.quick:
             settings.peak_sizes = (256, 512)
+            settings.lm_shape = (4, 20, 32, 2)
         if a.threads:
             settings.threads = a.threads
         if any(h < 1 for h in settings.gen_hidden):

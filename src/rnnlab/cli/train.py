@@ -27,6 +27,7 @@ from rnnlab.training import distributed, train
 from rnnlab.training.checkpoint import load_checkpoint, resolve_last
 from rnnlab.training.clipping import CLIP_MODES
 from rnnlab.training.config import GROUPS, OPTIMIZERS, TrainConfig, load_config, preset_names
+from rnnlab.training.precision import PRECISIONS
 from rnnlab.training.schedules import LR_SCHEDULES, TEACHER_SCHEDULES
 from rnnlab.training.trainer import sample_text
 
@@ -178,6 +179,13 @@ FLAGS = [
         ("optim", "pascanu_decay"),
         dict(type=nonnegative_float, metavar="N"),
         "divide the regulariser weight by 1 + step / N; 0: constant",
+    ),
+    (
+        "--precision",
+        ("optim", "precision"),
+        dict(choices=PRECISIONS),
+        "float32; bfloat16: the forward pass under autocast, weights and evaluation in "
+        "float32; auto: bfloat16 on a CPU with AMX or a GPU that supports it",
     ),
     ("--schedule", ("schedule", "schedule"), dict(choices=LR_SCHEDULES), "learning-rate schedule"),
     (

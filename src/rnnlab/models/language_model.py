@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from rnnlab.backends import choose_generate_backend, nonfinite_message, race_noise
 from rnnlab.cells.elman import NONLINEARITIES
+from rnnlab.dropout import Dropout
 from rnnlab.layers import BACKENDS, GRU, LSTM, RNN, JordanRNN, PascanuRNN
 
 CELLS = ("lstm", "gru", "rnn", "pascanu", "jordan")
@@ -120,7 +121,7 @@ class LanguageModel(nn.Module):
             )
         else:
             self.rnn = RNN(E or V, H, nonlinearity=config.nonlinearity, **kwargs)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)  # rnnlab.dropout: a cheaper mask on the CPU
         self.head = None if config.cell == "jordan" else nn.Linear(H, V)
         self.to(getattr(torch, config.dtype))
 

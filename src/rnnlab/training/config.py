@@ -18,6 +18,7 @@ from pathlib import Path
 from rnnlab.errors import UserError
 from rnnlab.models import ModelConfig
 from rnnlab.training.clipping import CLIP_MODES
+from rnnlab.training.precision import PRECISIONS
 from rnnlab.training.schedules import ScheduleConfig, TeacherForcing
 
 if sys.version_info >= (3, 11):
@@ -51,7 +52,10 @@ class OptimConfig:
     max_steps / max_time: stop after this many updates / seconds (the first reached);
     max_nonfinite: stop after this many updates in a row with a non-finite loss or gradient;
     pascanu_alpha: weight of the Pascanu regulariser (0: off; single-layer rnn/pascanu);
-    pascanu_decay: if > 0, alpha is divided by 1 + step / pascanu_decay (a 1/t decay)."""
+    pascanu_decay: if > 0, alpha is divided by 1 + step / pascanu_decay (a 1/t decay);
+    precision: ``float32``, ``bfloat16`` (the forward pass under ``torch.autocast``; weights,
+    gradients and evaluation stay float32) or ``auto`` (bfloat16 on a CPU with AMX or a GPU
+    that supports it, else float32); see :mod:`rnnlab.training.precision`."""
 
     optimizer: str = "adam"
     lr: float = 3e-3
@@ -70,6 +74,7 @@ class OptimConfig:
     max_nonfinite: int = 10
     pascanu_alpha: float = 0.0
     pascanu_decay: float = 0.0
+    precision: str = "float32"
 
     @property
     def k1(self) -> int:
@@ -125,6 +130,14 @@ class TrainConfig:
         if o.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {o.optimizer!r}"
+            )
+        if o.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}; got {o.precision!r}"
+            )
+        if o.precision == "bfloat16" and self.model.dtype != "float32":
+            raise ValueError(
+                f"precision bfloat16 needs float32 parameters; got dtype {self.model.dtype!r}"
             )
         if o.clip_mode not in CLIP_MODES:
             raise ValueError(

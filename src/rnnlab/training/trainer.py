@@ -44,6 +44,7 @@ from rnnlab.training.checkpoint import (
 )
 from rnnlab.training.clipping import clip_gradients
 from rnnlab.training.config import TrainConfig
+from rnnlab.training.precision import autocast, choose_precision
 from rnnlab.training.regularizers import OmegaProbe, weight_penalty
 from rnnlab.training.schedules import LRSchedule
 from rnnlab.training.streams import StreamTask, detach_state, evaluate_stream
@@ -223,6 +224,8 @@ class Trainer:
         self.stop_requested = False
         self.unit = task.unit
         self.loss_unit = getattr(task, "loss_unit", task.unit)
+        self.device = next(model.parameters()).device
+        self.precision = choose_precision(config.optim.precision, self.device)
 
     def _make_probe(self):
         if self.config.optim.pascanu_alpha <= 0:
@@ -315,7 +318,8 @@ class Trainer:
         if hasattr(self.model, "teacher_probability"):
             teacher_p = self.config.teacher.probability(self.step)
             self.model.teacher_probability = teacher_p
-        loss = self.task.training_loss(self.net)
+        with autocast(self.precision, self.device):
+            loss = self.task.training_loss(self.net)
         total = loss
         if o.l1 or o.l2:
             total = total + weight_penalty(self.model.named_parameters(), o.l1, o.l2)
@@ -464,6 +468,8 @@ class Trainer:
         previous_handler = None
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        if o.precision != "float32":
+            report(f"precision: {self.precision.reason}")
         interrupted, reason = False, ""
         session_start = time.perf_counter() - self.elapsed
         try:
