@@ -153,6 +153,26 @@ def test_killing_one_process_stops_the_others_then_the_run_resumes(corpus, tmp_p
     assert json.loads((out / "last" / "checkpoint.json").read_text())["step"] == step + 3
 
 
+def test_sigterm_from_the_launcher_gives_the_one_line_message(corpus, tmp_path):
+    """torchrun SIGTERMs the survivors when a process dies; a survivor that gets it before
+    its collective fails must still say what happened and how to resume."""
+    out = tmp_path / "term"
+    proc = launch(
+        2, "--data", str(corpus), *ARGS, "--max-steps", "100000", "--out", str(out), wait=False
+    )
+    state = out / "last" / "training_state.json"
+    deadline = time.monotonic() + 120
+    while not state.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint appeared"
+        time.sleep(0.1)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    os.kill(int(children[0]), signal.SIGTERM)
+    output, _ = proc.communicate(timeout=90)
+    assert proc.returncode != 0
+    assert "rank 0: another process of this run failed (stopped by SIGTERM" in output
+    assert f"rnnlab train --resume {out}" in output
+
+
 def test_the_global_batch_must_split_evenly():
     assert Distributed(1, 2).shard(4) == slice(2, 4)
     with pytest.raises(UserError, match="--batch-size 4 is not divisible by the 3 processes"):

@@ -178,6 +178,11 @@ class NullLog:
     flush = close = lambda self: None  # noqa: E731
 
 
+class _Terminated(RuntimeError):
+    """SIGTERM in a process of a distributed run (torchrun sends it to the survivors when
+    one process dies); reported like any other failure of the process group."""
+
+
 class Trainer:
     """Runs ``task`` on ``model`` as ``config`` says; see the module docstring for one update.
 
@@ -434,6 +439,10 @@ class Trainer:
             return "early_stop"
         return None
 
+    @staticmethod
+    def _on_sigterm(signum, frame):
+        raise _Terminated("stopped by SIGTERM, as torchrun stops the rest when one fails")
+
     def _on_sigint(self, signum, frame):
         if self.stop_requested:
             print("\nrnnlab: second Ctrl-C: quitting at once", file=sys.stderr, flush=True)
@@ -465,9 +474,11 @@ class Trainer:
         def report(msg: str) -> None:
             tqdm.write(msg) if not bar.disable else self.log(msg)
 
-        previous_handler = None
+        previous_handler = previous_term = None
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            if self.dist.enabled:  # torchrun's SIGTERM: the one-line message, not a traceback
+                previous_term = signal.signal(signal.SIGTERM, self._on_sigterm)
         if o.precision != "float32":
             report(f"precision: {self.precision.reason}")
         interrupted, reason = False, ""
@@ -517,6 +528,8 @@ class Trainer:
             bar.close()
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
+            if previous_term is not None:
+                signal.signal(signal.SIGTERM, previous_term)
         interrupted = reason == "interrupted"
         if interrupted:
             report(f"interrupted at step {self.step}; saving {self.out / 'last'}")
