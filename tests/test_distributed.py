@@ -129,8 +129,9 @@ def test_resume_with_a_different_number_of_processes(corpus, one_process, tmp_pa
     assert_same_weights(one_process, out)  # streams and carried states reassigned exactly
 
 
-def test_killing_one_process_stops_the_others_then_the_run_resumes(corpus, tmp_path):
-    out = tmp_path / "killed"
+def start_two_and_wait_for_a_checkpoint(corpus, out):
+    """A 2-process run that would go on for ever: (torchrun's Popen, its children's pids)
+    once ``last/`` holds a checkpoint."""
     proc = launch(
         2, "--data", str(corpus), *ARGS, "--max-steps", "100000", "--out", str(out), wait=False
     )
@@ -139,7 +140,12 @@ def test_killing_one_process_stops_the_others_then_the_run_resumes(corpus, tmp_p
     while not state.exists():
         assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint appeared"
         time.sleep(0.1)
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    return proc, Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+
+
+def test_killing_one_process_stops_the_others_then_the_run_resumes(corpus, tmp_path):
+    out = tmp_path / "killed"
+    proc, children = start_two_and_wait_for_a_checkpoint(corpus, out)
     assert len(children) == 2, children
     start = time.monotonic()
     os.kill(int(children[1]), signal.SIGKILL)
@@ -157,15 +163,7 @@ def test_sigterm_from_the_launcher_gives_the_one_line_message(corpus, tmp_path):
     """torchrun SIGTERMs the survivors when a process dies; a survivor that gets it before
     its collective fails must still say what happened and how to resume."""
     out = tmp_path / "term"
-    proc = launch(
-        2, "--data", str(corpus), *ARGS, "--max-steps", "100000", "--out", str(out), wait=False
-    )
-    state = out / "last" / "training_state.json"
-    deadline = time.monotonic() + 120
-    while not state.exists():
-        assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint appeared"
-        time.sleep(0.1)
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    proc, children = start_two_and_wait_for_a_checkpoint(corpus, out)
     os.kill(int(children[0]), signal.SIGTERM)
     output, _ = proc.communicate(timeout=90)
     assert proc.returncode != 0
