@@ -8,6 +8,8 @@ and ``torch.nn`` unchanged; ``from_torch`` and ``to_torch`` convert whole module
 What the driver adds around a cell's whole-sequence function:
 
 * **stacking** (``num_layers``), with dropout on the outputs of every layer but the last;
+* **weight drop** (``weight_drop``): DropConnect on each recurrent matrix W_hh in training,
+  one mask per forward call (:meth:`_Stack.run_parameters`), for every backend;
 * **bidirectional** layers: a forward pass and a pass over the reversed sequence, outputs
   concatenated as ``[forward, backward]``; states indexed ``layer * 2 + direction``;
 * **variable lengths** (``lengths=``, ``mask=`` or a ``PackedSequence``): padded steps
@@ -229,6 +231,7 @@ class _Stack(nn.Module):
         dropout: float = 0.0,
         bidirectional: bool = False,
         backend: str = "auto",
+        weight_drop: float = 0.0,
         init: str | Init = "uniform",
         device=None,
         dtype=None,
@@ -239,9 +242,12 @@ class _Stack(nn.Module):
         self.num_layers = _check_positive_int("num_layers", num_layers)
         if isinstance(dropout, bool) or not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
+        if isinstance(weight_drop, bool) or not 0.0 <= float(weight_drop) < 1.0:
+            raise ValueError(f"weight_drop must be in [0, 1); got {weight_drop!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         self.bias = bool(bias)
+        self.weight_drop = float(weight_drop)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
@@ -297,6 +303,18 @@ class _Stack(nn.Module):
         tail = f"_l{layer}{suffix}"
         return {name[: -len(tail)]: p for name, p in self.named_parameters() if name.endswith(tail)}
 
+    def run_parameters(self, layer: int, suffix: str = "") -> dict[str, Tensor]:
+        """The parameters one forward call runs with.  In training with ``weight_drop`` p,
+        ``weight_hh`` is replaced by DropConnect's W_hh * M / (1 - p), M a Bernoulli(1 - p)
+        mask over its entries drawn once per call, so every step and sequence of the call
+        sees the same thinned recurrence (the weight-dropped LSTM of Merity et al. 2018,
+        AWD-LSTM).  The gradient reaches W_hh through the same mask; evaluation and
+        :meth:`step` use W_hh itself, its expectation."""
+        p = self.direction_parameters(layer, suffix)
+        if self.training and self.weight_drop and "weight_hh" in p:
+            p["weight_hh"] = dropout(p["weight_hh"], self.weight_drop)
+        return p
+
     def layer_parameters(self, layer: int):
         """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of one layer's forward direction."""
         p = self.direction_parameters(layer)
@@ -310,6 +328,8 @@ class _Stack(nn.Module):
             s += ", batch_first=True"
         if self.dropout:
             s += f", dropout={self.dropout}"
+        if self.weight_drop:
+            s += f", weight_drop={self.weight_drop}"
         if self.bidirectional:
             s += ", bidirectional=True"
         if self.init.scheme != "uniform":
@@ -423,7 +443,7 @@ class _Stack(nn.Module):
             outs = []
             for d, suffix in enumerate(self.suffixes):
                 index = layer * self.num_directions + d
-                params = self.direction_parameters(layer, suffix)
+                params = self.run_parameters(layer, suffix)
                 s0 = tuple(s[index] for s in states)
                 xin = x if d == 0 else reverse_time(x, lengths)
                 with self._precision_guard(xin) as cast:
@@ -918,10 +938,15 @@ class JordanRNN(_Stack):
         self.output = check_output(output)
         self.hidden_recurrence = bool(hidden_recurrence)
         self.state_names = ("h", "y") if hidden_recurrence else ("y",)
-        if kwargs.pop("num_layers", 1) != 1 or kwargs.get("bidirectional") or kwargs.get("dropout"):
+        if (
+            kwargs.pop("num_layers", 1) != 1
+            or kwargs.get("bidirectional")
+            or kwargs.get("dropout")
+            or kwargs.get("weight_drop")
+        ):
             raise ValueError(
                 "JordanRNN is one layer in one direction: num_layers=1, bidirectional=False, "
-                "dropout=0"
+                "dropout=0, weight_drop=0"
             )
         super().__init__(input_size, hidden_size, 1, **kwargs)
 

@@ -81,6 +81,12 @@ FLAGS = [
         "dropout between layers and before the output",
     ),
     (
+        "--weight-drop",
+        ("model", "weight_drop"),
+        dict(type=fraction, metavar="X"),
+        "DropConnect on the recurrent weights W_hh in training (AWD-LSTM)",
+    ),
+    (
         "--backend",
         ("model", "backend"),
         dict(choices=BACKENDS),
@@ -186,6 +192,12 @@ FLAGS = [
         dict(choices=PRECISIONS),
         "float32; bfloat16: the forward pass under autocast, weights and evaluation in "
         "float32; auto: bfloat16 on a CPU with AMX or a GPU that supports it",
+    ),
+    (
+        "--ema",
+        ("optim", "ema"),
+        dict(type=fraction, metavar="D"),
+        "validate, sample and keep as best/ a moving average of the weights, decay D (0: off)",
     ),
     ("--schedule", ("schedule", "schedule"), dict(choices=LR_SCHEDULES), "learning-rate schedule"),
     (

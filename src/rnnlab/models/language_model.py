@@ -45,6 +45,8 @@ class ModelConfig:
     num_layers: recurrent layers stacked (seed 003's deep RNN).
     embedding_dim: size of the token embedding; 0 feeds one-hot vectors.
     dropout: dropout between recurrent layers and before the output layer.
+    weight_drop: DropConnect on the recurrent matrices W_hh in training, one mask per
+        forward call (AWD-LSTM's weight drop; not for the jordan cell).
     nonlinearity: activation of the rnn, pascanu and jordan cells (tanh, sigmoid, relu).
     hidden_recurrence: jordan only: also feed h_{t-1} back (hidden and output recurrence).
     dtype: ``float32`` or ``float64`` (for exact comparisons).
@@ -59,6 +61,7 @@ class ModelConfig:
     num_layers: int = 2
     embedding_dim: int = 64
     dropout: float = 0.0
+    weight_drop: float = 0.0
     nonlinearity: str = "tanh"
     backend: str = "auto"
     hidden_recurrence: bool = False
@@ -80,6 +83,10 @@ class ModelConfig:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        if not 0.0 <= self.weight_drop < 1.0:
+            raise ValueError(f"weight_drop must be in [0, 1); got {self.weight_drop}")
+        if self.cell == "jordan" and self.weight_drop:
+            raise ValueError("the jordan cell has no weight_drop: set it to 0")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64; got {self.dtype!r}")
         if self.cell == "pascanu" and self.nonlinearity == "relu":
@@ -101,7 +108,12 @@ class LanguageModel(nn.Module):
         if V < 1:
             raise ValueError("config.vocab_size must be set (>= 1) to build a model")
         self.embedding = nn.Embedding(V, E) if E > 0 else None
-        kwargs = dict(num_layers=config.num_layers, dropout=config.dropout, backend=config.backend)
+        kwargs = dict(
+            num_layers=config.num_layers,
+            dropout=config.dropout,
+            weight_drop=config.weight_drop,
+            backend=config.backend,
+        )
         self.teacher_probability = 1.0  # jordan only: set by the trainer's schedule
         if config.cell == "lstm":
             self.rnn = LSTM(E or V, H, **kwargs)

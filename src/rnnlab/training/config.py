@@ -55,7 +55,9 @@ class OptimConfig:
     pascanu_decay: if > 0, alpha is divided by 1 + step / pascanu_decay (a 1/t decay);
     precision: ``float32``, ``bfloat16`` (the forward pass under ``torch.autocast``; weights,
     gradients and evaluation stay float32) or ``auto`` (bfloat16 on a CPU with AMX or a GPU
-    that supports it, else float32); see :mod:`rnnlab.training.precision`."""
+    that supports it, else float32); see :mod:`rnnlab.training.precision`;
+    ema: decay d of an exponential moving average of the weights that is validated, sampled
+    and saved as ``best/`` (0: off; 0.99-0.999 typical); see :mod:`rnnlab.training.averaging`."""
 
     optimizer: str = "adam"
     lr: float = 3e-3
@@ -75,6 +77,7 @@ class OptimConfig:
     pascanu_alpha: float = 0.0
     pascanu_decay: float = 0.0
     precision: str = "float32"
+    ema: float = 0.0
 
     @property
     def k1(self) -> int:
@@ -171,6 +174,8 @@ class TrainConfig:
             raise ValueError(f"max_steps must be positive; got {o.max_steps}")
         if o.max_time is not None and o.max_time <= 0:
             raise ValueError(f"max_time must be positive; got {o.max_time}")
+        if not 0.0 <= o.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1); got {o.ema}")
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1); got {self.data.val_fraction}")
         if self.data.vocab_size < 2:

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from rnnlab.data import Vocabulary, load_text, min_tokens, split_train_val
 from rnnlab.errors import UserError
 from rnnlab.models import LanguageModel
 from rnnlab.training import distributed
+from rnnlab.training.averaging import WeightAverage
 from rnnlab.training.checkpoint import (
     load_checkpoint,
     load_training_state,
@@ -218,6 +220,7 @@ class Trainer:
             wrapped = task.loss_module(model) if hasattr(task, "loss_module") else model
             self.net = torch.nn.parallel.DistributedDataParallel(wrapped)
         self.optimizer = build_optimizer(model, config)
+        self.average = WeightAverage(model, config.optim.ema) if config.optim.ema else None
         self.schedule = LRSchedule(config.schedule, config.optim.lr)
         self.probe = self._make_probe()
         self.step = 0
@@ -250,6 +253,10 @@ class Trainer:
         tensors, optim_meta = optimizer_state(self.optimizer)
         task_tensors, task_meta = self.task.state_dict()
         tensors.update({f"task.{k}": v for k, v in task_tensors.items()})
+        average_meta = None
+        if self.average is not None:
+            average_tensors, average_meta = self.average.state_dict()
+            tensors.update(average_tensors)
         for rank, rng in enumerate(self.dist.gather(torch.get_rng_state())):
             tensors[f"rng.torch.{rank}"] = rng
         meta = {
@@ -266,6 +273,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "task": task_meta,
             "optimizer": optim_meta,
+            "average": average_meta,
         }
         return tensors, meta
 
@@ -284,6 +292,10 @@ class Trainer:
                 "exactly; dropout masks are drawn from new random streams"
             )
         self.schedule.load_state_dict(meta["schedule"])
+        if self.average is not None and meta.get("average") is not None:
+            self.average.load_state_dict(tensors, meta["average"])
+        elif self.average is not None:
+            self.log("the run being resumed kept no weight average: it starts from these weights")
         for key in (
             "step",
             "train_seconds",
@@ -356,6 +368,8 @@ class Trainer:
             record["teacher_p"] = teacher_p
         if math.isfinite(loss_value) and math.isfinite(clip.norm):
             self.optimizer.step()
+            if self.average is not None:
+                self.average.update()
             self.nonfinite_streak = 0
             self.clipped_steps += int(clip.clipped)
             self.last_train = loss_value
@@ -370,6 +384,14 @@ class Trainer:
     # -- validation ---------------------------------------------------------------------
     def validate(self, report) -> None:
         record = {"kind": "eval", "step": self.step, "train_loss": self.last_train}
+        # With --ema the average is what is validated, sampled and kept as best/.
+        with self.average.swapped_in() if self.average is not None else nullcontext():
+            self._validate(record, report)
+        self.metrics.write(record)
+        self.metrics.flush()
+        self.save("last")
+
+    def _validate(self, record: dict, report) -> None:
         if self.has_validation:
             metrics = self.task.evaluate(self.model)
             self.last_val = metrics["val_loss"]
@@ -396,9 +418,6 @@ class Trainer:
             text = self.task.report(self.model, self.step)
         if text:
             report(text)
-        self.metrics.write(record)
-        self.metrics.flush()
-        self.save("last")
 
     def monitor(self) -> None:
         """Gradient flow through time and spectral radii, logged as a "monitor" record."""
@@ -481,6 +500,11 @@ class Trainer:
                 previous_term = signal.signal(signal.SIGTERM, self._on_sigterm)
         if o.precision != "float32":
             report(f"precision: {self.precision.reason}")
+        if self.average is not None:
+            report(
+                f"validating an exponential moving average of the weights (decay {o.ema}); "
+                "best/ holds the average"
+            )
         interrupted, reason = False, ""
         session_start = time.perf_counter() - self.elapsed
         try:
