@@ -10,8 +10,9 @@ moves a shadow copy :math:`\bar\theta` of the parameters towards them:
 
 where t is the number of averaged updates so far; the ramp :math:`d_t` keeps the first
 updates from being dominated by the initial weights (with :math:`d_0 = 0.1`).  The average
-averages out the noise of the last ~1/(1 - d) updates, so it usually validates lower than
-the weights themselves while the learning rate is still high.
+averages out the noise of the last ~1/(1 - d) updates, which can validate lower than the
+weights themselves while the learning rate is still high (and lags behind them once it is
+low; docs/performance.md has the 30-minute Shakespeare runs with and without it).
 
 The trainer validates (and samples, and saves ``best/``) with the average swapped in
 (:meth:`WeightAverage.swapped_in`) and trains the weights themselves; ``last/`` holds both,
