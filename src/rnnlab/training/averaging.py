@@ -36,7 +36,7 @@ class WeightAverage:
             raise ValueError(f"the average's decay must be in (0, 1); got {decay}")
         self.decay = float(decay)
         self.updates = 0
-        self._live = [t for t in self._tensors(model)]
+        self._live = self._tensors(model)
         self.shadow = [t.detach().clone() for t in self._live]
 
     @staticmethod
