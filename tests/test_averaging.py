@@ -121,6 +121,17 @@ def test_resuming_a_run_without_an_average_starts_one(tmp_path):
     assert any("kept no weight average" in line for line in logs)
     meta = json.loads((tmp_path / "last" / "training_state.json").read_text())
     assert meta["average"]["updates"] == 5
+    # Resumed with nothing left to do, the new average is the resumed weights themselves.
+    train(config(tmp_path / "new", 5, ema=0.0), text=TEXT, log=lambda m: None)
+    train(config(tmp_path / "new", 5), text=TEXT, log=lambda m: None, resume=tmp_path / "new")
+    weights = load_file(str(tmp_path / "new" / "last" / "model.safetensors"))
+    state = load_file(str(tmp_path / "new" / "last" / "training_state.safetensors"))
+    model = LanguageModel(
+        ModelConfig(vocab_size=len(set(TEXT)), hidden_size=16, num_layers=1, embedding_dim=8)
+    )
+    names = [name for name, _ in model.named_parameters()]
+    for i, name in enumerate(names):
+        assert torch.equal(state[f"ema.{i}"], weights[name]), name
 
 
 def test_ema_out_of_range_is_a_clear_error(capsys):

@@ -68,6 +68,13 @@ class WeightAverage:
                 for live, own in zip(self._live, saved, strict=True):
                     live.copy_(own)
 
+    @torch.no_grad()
+    def restart(self) -> None:
+        """Start the average anew from the model's current weights (warm-up included)."""
+        for t, live in zip(self.shadow, self._live, strict=True):
+            t.copy_(live)
+        self.updates = 0
+
     # -- resumption ----------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, Tensor], dict]:
         tensors = {f"ema.{i}": t.contiguous() for i, t in enumerate(self.shadow)}

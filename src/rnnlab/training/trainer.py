@@ -294,7 +294,8 @@ class Trainer:
         self.schedule.load_state_dict(meta["schedule"])
         if self.average is not None and meta.get("average") is not None:
             self.average.load_state_dict(tensors, meta["average"])
-        elif self.average is not None:
+        elif self.average is not None:  # the weights were loaded after the average was made
+            self.average.restart()
             self.log("the run being resumed kept no weight average: it starts from these weights")
         for key in (
             "step",
