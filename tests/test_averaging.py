@@ -95,7 +95,7 @@ def test_training_validates_and_keeps_the_average(tmp_path):
     assert result.best_val_loss == evals[best_step]
     probe = LanguageModel(model.config)
     probe.load_state_dict(best)
-    loss = evaluate_stream(probe, val_ids, 4, 10)
+    loss = evaluate_stream(probe, val_ids, config(tmp_path, 20).data.val_streams, 10)
     assert loss == pytest.approx(evals[best_step], rel=1e-6)
     if best_step == 20:
         for (name, _), a in zip(model.named_parameters(), averaged, strict=True):

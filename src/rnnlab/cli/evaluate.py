@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from rnnlab.cli.common import positive_int
 from rnnlab.data import load_text, split_train_val
 from rnnlab.errors import UserError
 from rnnlab.training import evaluate
@@ -20,6 +21,13 @@ def add_arguments(p) -> None:
         "--data",
         metavar="FILE",
         help="score this whole file instead of the training text's validation part",
+    )
+    p.add_argument(
+        "--streams",
+        type=positive_int,
+        metavar="N",
+        help="score the text as N contiguous streams, each from a zero state (default: the "
+        "run's val_streams; 1 gives every token all the text before it)",
     )
 
 
@@ -42,8 +50,10 @@ def run(a) -> int:
         ids = split_train_val(ids, config.data.val_fraction)[1]
     if len(ids) < 2:
         raise UserError(f"too little text to evaluate in {what}: {len(ids)} tokens")
-    loss = evaluate(model, ids, config.optim.batch_size, config.optim.seq_len)
+    streams = a.streams if a.streams is not None else config.data.val_streams
+    loss = evaluate(model, ids, streams, config.optim.seq_len)
     unit = "char" if vocab.kind == "char" else "word"
-    print(f"data: {what} ({len(ids):,} {unit}s)")
+    plural = "" if streams == 1 else "s"
+    print(f"data: {what} ({len(ids):,} {unit}s, scored as {streams} stream{plural})")
     print(f"validation loss: {loss:.4f} nats/{unit} ({loss / math.log(2):.4f} bits/{unit})")
     return 0

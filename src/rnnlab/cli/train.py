@@ -54,6 +54,12 @@ FLAGS = [
         dict(type=fraction, metavar="X"),
         "last part of the text held out for validation",
     ),
+    (
+        "--val-streams",
+        ("data", "val_streams"),
+        dict(type=positive_int, metavar="N"),
+        "validation scores the held-out text as N contiguous streams carrying state",
+    ),
     ("--cell", ("model", "cell"), dict(choices=CELLS), "recurrent cell"),
     (
         "--nonlinearity",

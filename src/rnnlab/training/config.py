@@ -33,12 +33,18 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 class DataConfig:
     """path: UTF-8 text file (None: the bundled Tiny Shakespeare).
     tokens: ``char`` or ``word``. vocab_size: cap on a word vocabulary (incl. <unk>).
-    val_fraction: the last part of the text held out for validation (0 disables)."""
+    val_fraction: the last part of the text held out for validation (0 disables).
+    val_streams: validation scores the held-out text as this many contiguous streams, each
+    from a zero state with its state carried from chunk to chunk (1: one stream, every token
+    with all the text before it; each extra stream starts cold once).  Fixed here, not tied
+    to the training batch, so the validation loss of a model does not change with the batch
+    it was trained with."""
 
     path: str | None = None
     tokens: str = "char"
     vocab_size: int = 10000
     val_fraction: float = 0.1
+    val_streams: int = 8
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,8 @@ class TrainConfig:
             raise ValueError(f"ema must be in [0, 1); got {o.ema}")
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1); got {self.data.val_fraction}")
+        if self.data.val_streams < 1:
+            raise ValueError(f"val_streams must be positive; got {self.data.val_streams}")
         if self.data.vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2; got {self.data.vocab_size}")
         out = self.output

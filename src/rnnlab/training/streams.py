@@ -53,12 +53,14 @@ class StreamTask:
         k2: int,
         vocab=None,
         sample_length: int = 0,
+        val_streams: int = 8,
     ):
         if k2 < k1:
             raise ValueError(f"k2 must be >= k1; got k1={k1}, k2={k2}")
         self.batches = StreamBatches(train_ids, batch_size, k1)
         self.val_ids = val_ids
         self.vocab, self.sample_length = vocab, sample_length
+        self.val_streams = val_streams
         self.unit = "word" if vocab is not None and vocab.kind == "word" else "char"
         self.batch_size, self.k1, self.k2 = batch_size, k1, k2
         self.dist = None  # set by shard(): this process's share of the streams
@@ -122,10 +124,10 @@ class StreamTask:
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
-        """Mean cross entropy (nats per token) over the validation tokens, from a zero state."""
-        return {
-            "val_loss": evaluate_stream(model, self.val_ids, self.batch_size, self.k1, self.dist)
-        }
+        """Mean cross entropy (nats per token) over the validation tokens, scored as
+        ``val_streams`` streams, each from a zero state."""
+        loss = evaluate_stream(model, self.val_ids, self.val_streams, self.k1, self.dist)
+        return {"val_loss": loss}
 
     def report(self, model, step: int) -> str | None:
         """A short sample primed with a newline, shown at each validation."""
@@ -165,15 +167,18 @@ class StreamTask:
 
 
 @torch.no_grad()
-def evaluate_stream(model, ids: Tensor, batch_size: int, seq_len: int, dist=None) -> float:
-    """Mean cross entropy (nats per token) over ``ids``, carrying state across chunks.
+def evaluate_stream(model, ids: Tensor, streams: int, seq_len: int, dist=None) -> float:
+    """Mean cross entropy (nats per token) over ``ids`` cut into ``streams`` contiguous
+    streams (fewer for a short text), each from a zero state, carrying state across chunks
+    of ``seq_len`` tokens.  The chunk length does not change the result; each stream's
+    first tokens, seen with little context, raise it a little (see ``DataConfig``).
 
     Distributed, each rank scores every ``world_size``-th stream and the sums are reduced,
     so the result equals the one-process figure."""
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
-    for x, y in eval_chunks(ids, batch_size, seq_len):
+    for x, y in eval_chunks(ids, streams, seq_len):
         if dist is not None and dist.enabled:
             x, y = x[dist.rank :: dist.world_size], y[dist.rank :: dist.world_size]
             if len(x) == 0:

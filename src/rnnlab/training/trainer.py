@@ -617,6 +617,7 @@ def train(
         config.optim.k2,
         vocab,
         config.output.sample_length,
+        config.data.val_streams,
     )
 
     def checkpointer(directory, training_state, **info):
