@@ -169,9 +169,10 @@ class StreamTask:
 @torch.no_grad()
 def evaluate_stream(model, ids: Tensor, streams: int, seq_len: int, dist=None) -> float:
     """Mean cross entropy (nats per token) over ``ids`` cut into ``streams`` contiguous
-    streams (fewer for a short text), each from a zero state, carrying state across chunks
-    of ``seq_len`` tokens.  The chunk length does not change the result; each stream's
-    first tokens, seen with little context, raise it a little (see ``DataConfig``).
+    streams, each from a zero state, carrying state across chunks of ``seq_len`` tokens.
+    A text shorter than ``streams * seq_len`` gets fewer streams, one per ``seq_len``
+    tokens; otherwise the chunk length does not change the result.  Each stream's first
+    tokens, seen with little context, raise it a little (see ``DataConfig``).
 
     Distributed, each rank scores every ``world_size``-th stream and the sums are reduced,
     so the result equals the one-process figure."""
