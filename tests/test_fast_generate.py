@@ -5,6 +5,8 @@ another order than torch, so in float32 two candidates within rounding of each o
 swap (a near tie, rare); float64 makes that practically impossible.
 """
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -202,7 +204,7 @@ def test_rnnlab_sample_logs_the_backend_and_gives_the_same_text(tmp_path, capsys
         args = ["sample", str(out), "--length", "40", "--seed", "3", "--backend", backend]
         assert main(args) == 0
         texts[backend], logs[backend] = capsys.readouterr()
-    assert logs["auto"] == "rnnlab: sampling with backend numba (compiled loop)\n"
+    assert logs["auto"] == "rnnlab: sampling with backend numba (compiled loop, 1 thread)\n"
     assert logs["torch"].startswith("rnnlab: sampling with backend torch")
     assert texts["auto"] == texts["numba"] == texts["torch"]
     assert len(texts["torch"]) > 40
@@ -211,5 +213,60 @@ def test_rnnlab_sample_logs_the_backend_and_gives_the_same_text(tmp_path, capsys
 def test_docstring_examples():
     import doctest
 
-    result = doctest.testmod(backends, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
+    for module in (backends, numba_generate):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0
+
+
+THREAD_CASES = CASES + [("gru-cho", {})]
+
+
+@pytest.mark.parametrize("cell, kw", THREAD_CASES, ids=[f"{c}-{k}" for c, k in THREAD_CASES])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_threads_split_units_and_change_nothing(cell, kw, dtype):
+    """Each layer's units split over 2 or 3 threads (3 does not divide 12 evenly into the
+    gate blocks' cache lines): the same operations in the same order, so the very same
+    tokens as one thread, in float32 too, greedy and sampled, through chunk boundaries."""
+    model = model_of("gru" if cell == "gru-cho" else cell, dtype=dtype, **kw)
+    if cell == "gru-cho":
+        model.rnn = GRU(5, 12, num_layers=2, form="cho", dtype=getattr(torch, dtype))
+    runs = {}
+    for threads in (1, 2, 3):
+        noise = backends.race_noise(150, 11, torch.Generator().manual_seed(4), chunk=64)
+        sampled = numba_generate.generate(model, PRIME, 150, 0.9, noise, threads=threads)
+        greedy = numba_generate.generate(model, PRIME, 20, 1.0, None, threads=threads)
+        runs[threads] = (sampled, greedy)
+    assert runs[1] == runs[2] == runs[3]
+    assert len(set(runs[1][0])) > 3  # a real sample, not a constant
+
+
+def test_loop_threads_rule(monkeypatch):
+    monkeypatch.setattr(numba_generate, "threads_usable", lambda: True)
+    monkeypatch.setattr(numba_generate.numba, "get_num_threads", lambda: 2)
+    small = numba_generate.MIN_UNITS_PER_THREAD * 2 - 1
+    assert numba_generate.loop_threads(small) == 1
+    assert numba_generate.loop_threads(small + 1) == 2
+    assert numba_generate.loop_threads(4096) == 2
+    monkeypatch.setattr(numba_generate.numba, "get_num_threads", lambda: 1)
+    assert numba_generate.loop_threads(4096) == 1
+    monkeypatch.setattr(numba_generate.numba, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(numba_generate, "threads_usable", lambda: False)
+    assert numba_generate.loop_threads(4096) == 1
+
+
+def test_no_threads_in_a_forked_child_or_on_the_work_queue(monkeypatch):
+    """GNU OpenMP's pool does not survive fork(): a child of a process that ran the threads
+    stays on one thread (Numba would terminate it); so does Numba's slow work queue."""
+    monkeypatch.setattr(numba_generate, "_POOL_PID", [None])
+    assert numba_generate.threads_usable() == numba_generate._pool_layer_loads()
+    monkeypatch.setattr(numba_generate, "_pool_layer_loads", lambda: True)
+    assert numba_generate.threads_usable()
+    monkeypatch.setattr(numba_generate, "_POOL_PID", [os.getpid() + 1])  # a parent's pool
+    assert not numba_generate.threads_usable()
+    model = model_of(dtype="float32")
+    noise = backends.race_noise(30, 11, torch.Generator().manual_seed(2))
+    tokens = numba_generate.generate(model, PRIME, 30, 1.0, noise, threads=2)
+    assert tokens == both(model, length=30, seed=2)[1]
+    monkeypatch.setattr(numba_generate, "_POOL_PID", [None])
+    monkeypatch.setattr(numba_generate.numba.config, "THREADING_LAYER", "workqueue")
+    assert not numba_generate.threads_usable()

@@ -30,7 +30,7 @@ NOISE_CHUNK = 4096  # tokens of noise drawn at once: CHUNK x V float64 (2 MB for
 
 @dataclass(frozen=True)
 class BackendChoice:
-    """The path a call will take and why, e.g. ``numba (compiled loop)``."""
+    """The path a call will take and why, e.g. ``numba (compiled loop, 2 threads)``."""
 
     name: str
     reason: str
@@ -65,14 +65,15 @@ def choose_generate_backend(model, backend: str = "auto") -> BackendChoice:
         if backend == "numba":
             raise ValueError(f"backend 'numba' needs numba, which does not import ({error})")
         return BackendChoice("torch", "numba is not available")
-    from rnnlab.backends.numba_generate import unsupported
+    from rnnlab.backends.numba_generate import loop_threads, unsupported
 
     why = unsupported(model)
     if why is not None:
         if backend == "numba":
             raise ValueError(f"backend 'numba' cannot generate from this model: {why}")
         return BackendChoice("torch", why)
-    return BackendChoice("numba", "compiled loop")
+    threads = loop_threads(model.rnn.hidden_size)
+    return BackendChoice("numba", f"compiled loop, {threads} thread{'s' if threads > 1 else ''}")
 
 
 def race_noise(

@@ -47,6 +47,14 @@ adding four rows at a time into an output vector that stays in L1 cache; at batc
 step is bound by reading the weights, and this measured as fast as BLAS gemv here
 (docs/performance.md).  Gate arithmetic is done in float64 scalars with libm's ``exp``
 and ``tanh`` (exact to rounding, no approximations).
+
+Threads.  The gate columns are stored unit by unit (:func:`column_order`), so the columns
+of a block of units are one contiguous range of every weight row, and
+:func:`_layer_threads` gives each thread a block of units: it reads only its share of the
+weights and computes its units' gates.  Every value is computed by the same operations
+in the same order as on one thread, so the tokens do not depend on the thread count;
+:func:`loop_threads` picks it (all of Numba's threads, at least
+:data:`MIN_UNITS_PER_THREAD` units each).
 """
 
 from __future__ import annotations
@@ -66,10 +74,11 @@ from rnnlab.backends import nonfinite_message
 LSTM, GRU, GRU_CHO, ELMAN, PASCANU = 0, 1, 2, 3, 4
 TANH, SIGMOID, RELU = 0, 1, 2
 ACTIVATIONS = {"tanh": TANH, "sigmoid": SIGMOID, "relu": RELU}
+MIN_UNITS_PER_THREAD = 128  # measured: 2 threads lose at hidden 128, win from 256
 CHUNK = 4096  # tokens sampled per compiled call: bounds the noise buffer (CHUNK x V float64)
 
 
-def _jit(fn):
+def _jit(fn, **extra):
     """``numba.njit`` with the on-disk cache when a writable cache directory exists.
 
     Numba looks for a cache directory when the function is decorated (next to this file,
@@ -77,13 +86,27 @@ def _jit(fn):
     writable, as in a read-only install with a read-only home: compile in memory then.
     ``RNNLAB_NUMBA_CACHE=0`` turns the cache off.
     """
-    options = dict(error_model="numpy")  # x / 0 -> inf, as in torch (q may underflow to 0)
+    options = dict(error_model="numpy", **extra)  # x / 0 -> inf, as in torch (q may be 0)
     if os.environ.get("RNNLAB_NUMBA_CACHE", "1") != "0":
         try:
             return numba.njit(cache=True, **options)(fn)
         except Exception:  # no writable cache locator: compile in memory
             pass
     return numba.njit(**options)(fn)
+
+
+# Only explicit ``prange`` loops run in parallel, and two of them are never fused into one
+# (the end of a loop is the barrier the Pascanu and Cho forms rely on).
+_PRANGE_ONLY = {
+    name: name == "prange"
+    for name in ("comprehension", "reduction", "inplace_binop", "setitem", "numpy")
+    + ("stencil", "fusion", "prange")
+}
+
+
+def _jit_parallel(fn):
+    """:func:`_jit` with Numba's parallel loops (``prange``) and nothing else parallel."""
+    return _jit(fn, parallel=dict(_PRANGE_ONLY))
 
 
 @_jit
@@ -105,79 +128,145 @@ def _matvec_t(w_t, v, out, lo, hi):
     """out[lo:hi] = (w_t[:, lo:hi])^T v: w_t is a weight matrix stored transposed (in, out).
 
     Four input rows per pass over the output, so ``out`` is loaded and stored once per
-    four rows of weights; each pass is a contiguous, vectorisable loop.
+    four rows of weights; each pass is a contiguous, vectorisable loop.  The loops run
+    over views from index 0: with an index Numba cannot prove non-negative (``lo + j``)
+    it adds a wrap-around test per element, which stopped LLVM vectorising (3-7x slower).
     """
     n = v.shape[0]
-    for j in range(lo, hi):
-        out[j] = 0.0
+    o = out[lo:hi]
+    m = o.shape[0]
+    for j in range(m):
+        o[j] = 0.0
     c = 0
     while c + 4 <= n:
         v0, v1, v2, v3 = v[c], v[c + 1], v[c + 2], v[c + 3]
-        w0, w1, w2, w3 = w_t[c], w_t[c + 1], w_t[c + 2], w_t[c + 3]
-        for j in range(lo, hi):
-            out[j] += w0[j] * v0 + w1[j] * v1 + w2[j] * v2 + w3[j] * v3
+        w0, w1 = w_t[c, lo:hi], w_t[c + 1, lo:hi]
+        w2, w3 = w_t[c + 2, lo:hi], w_t[c + 3, lo:hi]
+        for j in range(m):
+            o[j] += w0[j] * v0 + w1[j] * v1 + w2[j] * v2 + w3[j] * v3
         c += 4
     while c < n:
         vc = v[c]
-        w = w_t[c]
-        for j in range(lo, hi):
-            out[j] += w[j] * vc
+        w = w_t[c, lo:hi]
+        for j in range(m):
+            o[j] += w[j] * vc
         c += 1
 
 
 @_jit
-def _step(cell, act, token, table, wih_t, bih, whh_t, bhh, h, c, gi, gh, tmp, y):
-    """Advance every layer by one token; the top layer's output is left in ``y``.
+def _units_first(cell, act, k, token, table, wih_t, bih, whh_t, bhh, h, ys, gi, gh, tmp, lo, hi):
+    """Layer ``k``, units ``lo:hi``, first pass: their columns of the input projection
+    (``gi``) and of every recurrent product that needs no other unit's new value (``gh``).
 
-    ``h`` (L, H) holds each layer's state (the pre-activation for the Pascanu form),
-    ``c`` (L, H) the LSTM cells; ``gi``, ``gh`` (G H,) and ``tmp`` (H,) are scratch.
+    Columns are unit-major (:func:`column_order`), so units ``lo:hi`` own one contiguous
+    range of every weight row.  Pascanu form: ``tmp`` = sigma(s_{t-1}) of the units instead
+    (the product W_hh sigma(s_{t-1}) needs all of them); Cho's GRU: the r, z columns, then
+    ``tmp`` = r * h_{t-1} of the units (W_hn (r * h_{t-1}) needs all of them).
     """
-    num_layers, H = h.shape
-    G = gi.shape[0]
-    for k in range(num_layers):
+    H = h.shape[1]
+    hk = h[k]
+    ng = gi.shape[0] // H  # gates per unit
+    paired = 2 if cell == GRU_CHO else ng  # gates per unit in the unit-major block
+    for r in range(2 if cell == GRU_CHO else 1):
+        # the unit-major block; for Cho's GRU then the n columns
+        a = lo * paired if r == 0 else paired * H + lo
+        z = hi * paired if r == 0 else paired * H + hi
         if k == 0:
-            gi[:] = table[token]  # W_ih x + b_ih, looked up
+            for j in range(a, z):
+                gi[j] = table[token, j]  # W_ih x + b_ih, looked up
         else:
-            _matvec_t(wih_t[k - 1], y, gi, 0, G)
-            for j in range(G):
+            _matvec_t(wih_t[k - 1], ys[k - 1], gi, a, z)
+            for j in range(a, z):
                 gi[j] += bih[k, j]
-        hk, ck, b = h[k], c[k], bhh[k]
-        # the recurrent product: W_hh h_{t-1}; W_hh sigma(s_{t-1}) for the Pascanu form;
-        # for Cho's GRU only the r and z rows here, the n rows once r is known
-        if cell == PASCANU:
-            for j in range(H):
-                tmp[j] = _activate(hk[j], act)
-            _matvec_t(whh_t[k], tmp, gh, 0, G)
-        else:
-            _matvec_t(whh_t[k], hk, gh, 0, 2 * H if cell == GRU_CHO else G)
-        if cell == GRU_CHO:
-            for j in range(H):
-                r = _sigmoid(gi[j] + gh[j] + b[j])
-                gh[j] = r
-                tmp[j] = r * hk[j]
-            _matvec_t(whh_t[k], tmp, gh, 2 * H, 3 * H)  # W_hn (r * h_{t-1})
-        for j in range(H):
-            if cell == LSTM:
-                i = _sigmoid(gi[j] + gh[j] + b[j])
-                f = _sigmoid(gi[H + j] + gh[H + j] + b[H + j])
-                g = math.tanh(gi[2 * H + j] + gh[2 * H + j] + b[2 * H + j])
-                o = _sigmoid(gi[3 * H + j] + gh[3 * H + j] + b[3 * H + j])
-                ck[j] = f * ck[j] + i * g
-                hk[j] = o * math.tanh(ck[j])
-            elif cell == GRU:
-                r = _sigmoid(gi[j] + gh[j] + b[j])
-                z = _sigmoid(gi[H + j] + gh[H + j] + b[H + j])
-                n = math.tanh(gi[2 * H + j] + r * (gh[2 * H + j] + b[2 * H + j]))
-                hk[j] = (1.0 - z) * n + z * hk[j]
-            elif cell == GRU_CHO:
-                z = _sigmoid(gi[H + j] + gh[H + j] + b[H + j])
-                n = math.tanh(gi[2 * H + j] + gh[2 * H + j] + b[2 * H + j])
-                hk[j] = (1.0 - z) * n + z * hk[j]
-            elif cell == ELMAN:
-                hk[j] = _activate(gi[j] + gh[j] + b[j], act)
-            else:  # PASCANU: s_t = W_hh sigma(s_{t-1}) + (W_ih x + b); emits sigma(s_t)
-                hk[j] = gh[j] + gi[j]
-            y[j] = _activate(hk[j], act) if cell == PASCANU else hk[j]
+    if cell == PASCANU:
+        for j in range(lo, hi):
+            tmp[j] = _activate(hk[j], act)
+        return
+    _matvec_t(whh_t[k], hk, gh, lo * paired, hi * paired)
+    if cell == GRU_CHO:
+        b = bhh[k]
+        for j in range(lo, hi):
+            tmp[j] = _sigmoid(gi[2 * j] + gh[2 * j] + b[2 * j]) * hk[j]  # r * h_{t-1}
+
+
+@_jit
+def _units_second(cell, act, k, whh_t, bhh, h, c, ys, gi, gh, tmp, hnew, lo, hi):
+    """Layer ``k``, units ``lo:hi``, second pass: the products left waiting for ``tmp``
+    (Pascanu: W_hh sigma(s_{t-1}); Cho's GRU: W_hn (r * h_{t-1})), then the gates.  The new
+    state goes to ``hnew`` (the caller copies it to ``h[k]``: other units may still be
+    reading ``h[k]``), the LSTM cell to ``c[k]``, the layer's output to ``ys[k]``."""
+    H = h.shape[1]
+    hk, ck, b = h[k], c[k], bhh[k]
+    if cell == PASCANU:
+        _matvec_t(whh_t[k], tmp, gh, lo, hi)
+    elif cell == GRU_CHO:
+        _matvec_t(whh_t[k], tmp, gh, 2 * H + lo, 2 * H + hi)
+    for j in range(lo, hi):
+        if cell == LSTM:
+            u = 4 * j
+            i = _sigmoid(gi[u] + gh[u] + b[u])
+            f = _sigmoid(gi[u + 1] + gh[u + 1] + b[u + 1])
+            g = math.tanh(gi[u + 2] + gh[u + 2] + b[u + 2])
+            o = _sigmoid(gi[u + 3] + gh[u + 3] + b[u + 3])
+            ck[j] = f * ck[j] + i * g
+            hnew[j] = o * math.tanh(ck[j])
+        elif cell == GRU:
+            u = 3 * j
+            r = _sigmoid(gi[u] + gh[u] + b[u])
+            z = _sigmoid(gi[u + 1] + gh[u + 1] + b[u + 1])
+            n = math.tanh(gi[u + 2] + r * (gh[u + 2] + b[u + 2]))
+            hnew[j] = (1.0 - z) * n + z * hk[j]
+        elif cell == GRU_CHO:
+            z = _sigmoid(gi[2 * j + 1] + gh[2 * j + 1] + b[2 * j + 1])
+            n = math.tanh(gi[2 * H + j] + gh[2 * H + j] + b[2 * H + j])
+            hnew[j] = (1.0 - z) * n + z * hk[j]
+        elif cell == ELMAN:
+            hnew[j] = _activate(gi[j] + gh[j] + b[j], act)
+        else:  # PASCANU: s_t = W_hh sigma(s_{t-1}) + (W_ih x + b); emits sigma(s_t)
+            hnew[j] = gh[j] + gi[j]
+        ys[k, j] = _activate(hnew[j], act) if cell == PASCANU else hnew[j]
+
+
+@_jit
+def _layer_serial(cell, act, k, token, table, wih_t, bih, whh_t, bhh, h, c, ys, scratch):
+    """Advance layer ``k`` by one token on this thread (``scratch``: gi, gh, tmp, hnew)."""
+    gi, gh, tmp, hnew = scratch
+    H = h.shape[1]
+    _units_first(cell, act, k, token, table, wih_t, bih, whh_t, bhh, h, ys, gi, gh, tmp, 0, H)
+    _units_second(cell, act, k, whh_t, bhh, h, c, ys, gi, gh, tmp, hnew, 0, H)
+    h[k, :] = hnew
+
+
+@_jit_parallel
+def _layer_threads(cell, act, k, token, table, wih_t, bih, whh_t, bhh, h, c, ys, scratch, parts):
+    """:func:`_layer_serial` with the units split into ``parts`` blocks, one per thread.
+
+    Each thread reads only its units' rows of the weights, so at batch 1 (where a step
+    is bound by reading the weights) the threads share the reading, each from its own
+    core's cache.  Every value is computed by the same operations in the same order as
+    on one thread, so the results are identical.  Pascanu and Cho forms need all units'
+    first pass before any second pass: two parallel regions, the end of the first being
+    the barrier.
+    """
+    gi, gh, tmp, hnew = scratch
+    H = h.shape[1]
+    if cell == PASCANU or cell == GRU_CHO:
+        for p in numba.prange(parts):
+            lo, hi = p * H // parts, (p + 1) * H // parts
+            _units_first(
+                cell, act, k, token, table, wih_t, bih, whh_t, bhh, h, ys, gi, gh, tmp, lo, hi
+            )
+        for p in numba.prange(parts):
+            lo, hi = p * H // parts, (p + 1) * H // parts
+            _units_second(cell, act, k, whh_t, bhh, h, c, ys, gi, gh, tmp, hnew, lo, hi)
+    else:
+        for p in numba.prange(parts):
+            lo, hi = p * H // parts, (p + 1) * H // parts
+            _units_first(
+                cell, act, k, token, table, wih_t, bih, whh_t, bhh, h, ys, gi, gh, tmp, lo, hi
+            )
+            _units_second(cell, act, k, whh_t, bhh, h, c, ys, gi, gh, tmp, hnew, lo, hi)
+    h[k, :] = hnew
 
 
 @_jit
@@ -210,29 +299,50 @@ def _sample(logits, q_row, temperature):
 
 @_jit
 def _generate_chunk(
-    cell, act, table, wih_t, bih, whh_t, bhh, head_t, head_b, h, c, feed, q, temperature, out
+    cell,
+    act,
+    table,
+    wih_t,
+    bih,
+    whh_t,
+    bhh,
+    head_t,
+    head_b,
+    h,
+    c,
+    feed,
+    q,
+    temperature,
+    out,
+    parts,
 ):
     """Feed the tokens ``feed`` (the prime, or the last token sampled), then sample
     ``len(out)`` >= 1 tokens, feeding each back but the last.  Greedy when ``q`` has no
-    rows, else row i of ``q`` is token i's noise.  Returns -1, or the index in ``out``
-    whose logits were not finite (sampling stops there)."""
-    H = h.shape[1]
+    rows, else row i of ``q`` is token i's noise.  ``parts`` > 1 splits each layer's units
+    over that many threads (:func:`_layer_threads`; the same results).  Returns -1, or the
+    index in ``out`` whose logits were not finite (sampling stops there)."""
+    num_layers, H = h.shape
     G = bhh.shape[1]
     V = head_b.shape[0]
-    gi = np.empty(G, h.dtype)
-    gh = np.empty(G, h.dtype)
-    tmp = np.empty(H, h.dtype)
-    y = np.empty(H, h.dtype)
+    scratch = (np.empty(G, h.dtype), np.empty(G, h.dtype), np.empty(H, h.dtype))
+    scratch = scratch + (np.empty(H, h.dtype),)
+    ys = np.empty((num_layers, H), h.dtype)  # each layer's output at this token
     logits = np.empty(V, h.dtype)
     no_noise = np.empty(0, np.float64)
     fed = feed.shape[0]
     for t in range(fed + out.shape[0] - 1):
         token = feed[t] if t < fed else out[t - fed]
-        _step(cell, act, token, table, wih_t, bih, whh_t, bhh, h, c, gi, gh, tmp, y)
+        for k in range(num_layers):
+            if parts > 1:
+                _layer_threads(
+                    cell, act, k, token, table, wih_t, bih, whh_t, bhh, h, c, ys, scratch, parts
+                )
+            else:
+                _layer_serial(cell, act, k, token, table, wih_t, bih, whh_t, bhh, h, c, ys, scratch)
         i = t + 1 - fed  # the token this step's output predicts
         if i < 0:
             continue
-        _matvec_t(head_t, y, logits, 0, V)
+        _matvec_t(head_t, ys[num_layers - 1], logits, 0, V)
         for v in range(V):
             logits[v] += head_b[v]
         out[i] = _sample(logits, no_noise if q.shape[0] == 0 else q[i], temperature)
@@ -326,10 +436,13 @@ def pack(model) -> Packed:
         wih_t = table.new_zeros(0, H, G)
     head_b = model.head.bias if model.head.bias is not None else table.new_zeros(table.shape[0])
 
-    def np_(t):
-        return np.ascontiguousarray(t.detach().cpu().numpy())
-
     cell, act = _cell_code(rnn)
+    order = torch.as_tensor(column_order(cell, G // H, H))
+
+    def np_(t, columns=True):  # gate columns (the last dimension) in unit-major order
+        t = t.detach().cpu()
+        return np.ascontiguousarray((t[..., order] if columns else t).numpy())
+
     return Packed(
         cell=cell,
         act=act,
@@ -338,9 +451,30 @@ def pack(model) -> Packed:
         bih=np_(torch.stack([bias(p, ih_bias) for p in layers])),
         whh_t=np_(torch.stack([p["weight_hh"].t() for p in layers])),
         bhh=np_(torch.stack([bias(p, "bias_hh") for p in layers])),
-        head_t=np_(model.head.weight.t()),
-        head_b=np_(head_b),
+        head_t=np_(model.head.weight.t(), columns=False),
+        head_b=np_(head_b, columns=False),
     )
+
+
+def column_order(cell: int, gates: int, hidden: int) -> np.ndarray:
+    """The loop's order of a layer's G H gate columns, as indices into torch's order.
+
+    torch stacks the gates (rows q H + j, gate q of unit j); the loop interleaves them
+    unit by unit (column j G + q), so that the columns of a block of units are one
+    contiguous range of every weight row: a thread given units ``lo:hi`` streams
+    contiguous memory.  Cho's GRU interleaves only r and z (2 j + q) and keeps the n
+    columns last (2 H + j): their product waits for r of every unit.
+
+    >>> column_order(LSTM, 4, 2).tolist()
+    [0, 2, 4, 6, 1, 3, 5, 7]
+    >>> column_order(GRU_CHO, 3, 2).tolist()
+    [0, 2, 1, 3, 4, 5]
+    """
+    paired = 2 if cell == GRU_CHO else gates
+    units = np.arange(hidden)
+    interleaved = (np.arange(paired)[None, :] * hidden + units[:, None]).reshape(-1)
+    rest = np.arange(paired * hidden, gates * hidden)
+    return np.concatenate([interleaved, rest])
 
 
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -362,10 +496,58 @@ def packed_weights(model) -> Packed:
     return cached[1]
 
 
-def generate(model, prime: list[int], length: int, temperature: float, noise) -> list[int]:
+def loop_threads(hidden_size: int) -> int:
+    """Threads per layer for a model of ``hidden_size`` units: Numba's thread count
+    (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``), capped so that each thread has
+    at least :data:`MIN_UNITS_PER_THREAD` units (below that a parallel region costs more
+    than it saves); 1 where parallel regions are not safe or not cheap
+    (:func:`threads_usable`)."""
+    threads = min(numba.get_num_threads(), hidden_size // MIN_UNITS_PER_THREAD)
+    return threads if threads > 1 and threads_usable() else 1
+
+
+def threads_usable() -> bool:
+    """Whether the loop may split layers over threads in this process.
+
+    Not with Numba's own work-queue threading layer (80-100 µs per parallel region
+    measured here, against 4-11 µs with OpenMP, and it aborts when two Python threads
+    launch regions at once), which Numba falls back to where neither TBB nor OpenMP
+    loads.  Not in a process forked from one that already ran the loop's threads: GNU
+    OpenMP's pool does not survive ``fork()``, and Numba terminates the child rather than
+    hang.
+    """
+    if numba.config.THREADING_LAYER == "workqueue" or not _pool_layer_loads():
+        return False
+    return _POOL_PID[0] in (None, os.getpid())
+
+
+_POOL_PID: list = [None]  # the process that started the loop's thread pool
+
+
+def _pool_layer_loads() -> bool:
+    if _POOL_LAYER[0] is None:
+        loads = False
+        for name in ("tbbpool", "omppool"):  # Numba's order of preference
+            try:
+                __import__(f"numba.np.ufunc.{name}")
+                loads = True
+                break
+            except Exception:  # the library is missing (no TBB package, no libgomp)
+                continue
+        _POOL_LAYER[0] = loads
+    return _POOL_LAYER[0]
+
+
+_POOL_LAYER: list = [None]
+
+
+def generate(
+    model, prime: list[int], length: int, temperature: float, noise, threads: int | None = None
+) -> list[int]:
     """Tokens after ``prime`` from the compiled loop.  ``noise``: None for greedy, else an
     iterable of (n, V) float64 tensors of Exp(1) draws (:func:`rnnlab.backends.race_noise`)
-    whose rows are consumed one per token."""
+    whose rows are consumed one per token.  ``threads``: how many threads share each
+    layer's units (default :func:`loop_threads`); the tokens do not depend on it."""
     packed = packed_weights(model)
     L, H = model.rnn.num_layers, model.rnn.hidden_size
     dtype = packed.table.dtype
@@ -373,6 +555,11 @@ def generate(model, prime: list[int], length: int, temperature: float, noise) ->
     c = np.zeros((L, H), dtype)
     V = packed.head_b.shape[0]
     chunks = iter(noise) if noise is not None else None
+    parts = loop_threads(H) if threads is None else max(1, min(int(threads), H))
+    if parts > 1 and not threads_usable():
+        parts = 1  # the same tokens, on one thread
+    if parts > 1:
+        _POOL_PID[0] = _POOL_PID[0] or os.getpid()
     feed = np.asarray(prime, dtype=np.int64)
     out: list[int] = []
     while len(out) < length:
@@ -384,7 +571,16 @@ def generate(model, prime: list[int], length: int, temperature: float, noise) ->
             n = q.shape[0]
         tokens = np.empty(n, np.int64)
         bad = _generate_chunk(
-            packed.cell, packed.act, *packed.arrays(), h, c, feed, q, float(temperature), tokens
+            packed.cell,
+            packed.act,
+            *packed.arrays(),
+            h,
+            c,
+            feed,
+            q,
+            float(temperature),
+            tokens,
+            parts,
         )
         if bad >= 0:
             raise ValueError(nonfinite_message(len(out) + bad))
@@ -393,7 +589,7 @@ def generate(model, prime: list[int], length: int, temperature: float, noise) ->
     return out
 
 
-def compile_seconds(dtype=np.float32) -> float:
+def compile_seconds(dtype=np.float32, parts: int = 1) -> float:
     """Compile (or load from the cache) the loop for ``dtype``; returns the seconds it took."""
     start = time.perf_counter()
     f = np.zeros((1, 1, 4), dtype)
@@ -413,6 +609,7 @@ def compile_seconds(dtype=np.float32) -> float:
         np.ones((1, 1), np.float64),
         1.0,
         np.zeros(1, np.int64),
+        parts,
     )
     return time.perf_counter() - start
 

@@ -20,7 +20,9 @@ Sections (issue 8):
                 batch 1, hidden 128/256/512: ``LanguageModel.generate`` (``backend="auto"``)
                 vs ``torch.nn.LSTM`` called step by step and vs an ``nn.LSTMCell`` loop,
                 each sampling with ``torch.multinomial``; also rnnlab's plain torch path.
-                The compiled loop's first call (compile, or load from Numba's cache) is
+                All at ``gen_threads`` threads (torch's and Numba's; the compiled loop
+                splits each layer's units over them from 128 units per thread).  The
+                compiled loop's first call (compile, or load from Numba's cache) is
                 timed apart and reported on its own.
 ``precision``   a whole character-model training step (embedding, LSTM, dropout, output
                 layer, loss, backward, clipping, Adam) at the size of the
@@ -117,7 +119,7 @@ class Settings:
     shapes: tuple[Shape, ...] = SHAPES
     repeats: int = 5
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    gen_threads: int = 1
+    gen_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     gen_hidden: tuple[int, ...] = GEN_HIDDEN
     gen_chars: int = 400
     peak_sizes: tuple[int, ...] = (512, 1024, 2048)
@@ -511,6 +513,7 @@ def run_speed(settings: Settings, out: Path | None = None, progress: bool = True
             bar.set_postfix_str(f"{kind} {arg if not isinstance(arg, tuple) else arg[-1]}")
             if kind == "generation" or kind == "generation_first":
                 torch.set_num_threads(settings.gen_threads)
+                _set_numba_threads(settings.gen_threads)
             else:
                 torch.set_num_threads(settings.threads)
             if kind == "training":
@@ -537,12 +540,24 @@ def run_speed(settings: Settings, out: Path | None = None, progress: bool = True
                 results["limit"] = limit
     finally:
         torch.set_num_threads(threads_before)
+        _set_numba_threads(None)
         bar.close()
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / "results.md").write_text(markdown(results))
     return results
+
+
+def _set_numba_threads(threads: int | None) -> None:
+    """Give the compiled generation loop ``threads`` threads (None: all Numba has), so
+    that it runs at the thread count its competitors get."""
+    try:
+        import numba
+    except Exception:  # no Numba: the generation rows say which path ran
+        return
+    most = numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(most if threads is None else min(threads, most))
 
 
 def machine_info(settings: Settings) -> dict:
@@ -652,6 +667,7 @@ def markdown(results: dict) -> str:
         rows = [
             [
                 str(r["hidden"]),
+                r["backend"],
                 f"{r['us_per_char']['rnnlab']:.0f}",
                 f"{r['us_per_char']['torch.nn.LSTM step']:.0f}",
                 f"{r['us_per_char']['LSTMCell loop']:.0f}",
@@ -661,7 +677,6 @@ def markdown(results: dict) -> str:
             ]
             for r in results["generation"]
         ]
-        backend = results["generation"][0]["backend"] if results["generation"] else "?"
         note = ""
         if first:
             note = f"First call (compile or cache load, apart): {first['first_call_s']:.2f} s"
@@ -669,11 +684,11 @@ def markdown(results: dict) -> str:
                 note += f", numba cache {first['numba_cache']}"
             note += ".\n"
         parts.append(
-            f"\n## Generation, µs per character (2-layer LSTM, 65 symbols, batch 1; "
-            f"rnnlab backend: {backend})\n\n"
+            "\n## Generation, µs per character (2-layer LSTM, 65 symbols, batch 1)\n\n"
             + _table(
                 [
                     "hidden",
+                    "rnnlab path",
                     "rnnlab",
                     "torch.nn.LSTM step",
                     "LSTMCell loop",

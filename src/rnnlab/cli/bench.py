@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -82,8 +83,8 @@ def _add_speed_arguments(sub) -> None:
     sp.add_argument(
         "--gen-threads",
         type=positive_int,
-        default=1,
-        help="torch threads for generation, batch 1 (default: %(default)s)",
+        help="threads for generation, batch 1, for torch and for rnnlab's compiled loop alike "
+        "(default: the machine's CPUs)",
     )
     sp.add_argument(
         "--gen-hidden", help="comma-separated hidden sizes to generate with (default: 128,256,512)"
@@ -110,7 +111,7 @@ def run_speed(a) -> int:
             sections=tuple(_list(a.sections)) if a.sections else SECTIONS,
             shapes=parse_shapes(a.shapes),
             repeats=a.repeats or (1 if a.quick else 5),
-            gen_threads=a.gen_threads,
+            gen_threads=a.gen_threads or (os.cpu_count() or 1),
             gen_hidden=tuple(int(h) for h in _list(a.gen_hidden)) if a.gen_hidden else GEN_HIDDEN,
             gen_chars=a.gen_chars or (40 if a.quick else 400),
         )
