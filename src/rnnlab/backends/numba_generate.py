@@ -318,9 +318,12 @@ def _generate_chunk(
 ):
     """Feed the tokens ``feed`` (the prime, or the last token sampled), then sample
     ``len(out)`` >= 1 tokens, feeding each back but the last.  Greedy when ``q`` has no
-    rows, else row i of ``q`` is token i's noise.  ``parts`` > 1 splits each layer's units
-    over that many threads (:func:`_layer_threads`; the same results).  Returns -1, or the
-    index in ``out`` whose logits were not finite (sampling stops there)."""
+    rows, else row i of ``q`` is token i's noise.  ``parts``: None runs on this thread; a
+    number splits each layer's units over that many threads (:func:`_layer_threads`; the
+    same results).  Numba prunes the ``parts is None`` test while compiling, so the
+    one-thread loop is compiled without the parallel one (which more than doubles the
+    compile time) and each is cached apart.  Returns -1, or the index in ``out`` whose
+    logits were not finite (sampling stops there)."""
     num_layers, H = h.shape
     G = bhh.shape[1]
     V = head_b.shape[0]
@@ -333,7 +336,7 @@ def _generate_chunk(
     for t in range(fed + out.shape[0] - 1):
         token = feed[t] if t < fed else out[t - fed]
         for k in range(num_layers):
-            if parts > 1:
+            if parts is not None:
                 _layer_threads(
                     cell, act, k, token, table, wih_t, bih, whh_t, bhh, h, c, ys, scratch, parts
                 )
@@ -580,7 +583,7 @@ def generate(
             q,
             float(temperature),
             tokens,
-            parts,
+            parts if parts > 1 else None,
         )
         if bad >= 0:
             raise ValueError(nonfinite_message(len(out) + bad))
@@ -590,7 +593,8 @@ def generate(
 
 
 def compile_seconds(dtype=np.float32, parts: int = 1) -> float:
-    """Compile (or load from the cache) the loop for ``dtype``; returns the seconds it took."""
+    """Compile (or load from the cache) the loop for ``dtype``, on one thread or (``parts``
+    > 1) split over threads; returns the seconds it took."""
     start = time.perf_counter()
     f = np.zeros((1, 1, 4), dtype)
     _generate_chunk(
@@ -609,7 +613,7 @@ def compile_seconds(dtype=np.float32, parts: int = 1) -> float:
         np.ones((1, 1), np.float64),
         1.0,
         np.zeros(1, np.int64),
-        parts,
+        parts if parts > 1 else None,
     )
     return time.perf_counter() - start
 
