@@ -241,9 +241,9 @@ def _layer_serial(cell, act, k, token, table, wih_t, bih, whh_t, bhh, h, c, ys, 
 def _layer_threads(cell, act, k, token, table, wih_t, bih, whh_t, bhh, h, c, ys, scratch, parts):
     """:func:`_layer_serial` with the units split into ``parts`` blocks, one per thread.
 
-    Each thread reads only its units' rows of the weights, so at batch 1 (where a step
-    is bound by reading the weights) the threads share the reading, each from its own
-    core's cache.  Every value is computed by the same operations in the same order as
+    Each thread reads only its units' columns of the (transposed) weights, so at batch 1,
+    where a step is bound by reading the weights, the threads share the reading.  Every
+    value is computed by the same operations in the same order as
     on one thread, so the results are identical.  Pascanu and Cho forms need all units'
     first pass before any second pass: two parallel regions, the end of the first being
     the barrier.
