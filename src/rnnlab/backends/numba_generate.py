@@ -59,6 +59,8 @@ in the same order as on one thread, so the tokens do not depend on the thread co
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 import os
 import time
@@ -97,11 +99,17 @@ def _jit(fn, **extra):
 
 # Only explicit ``prange`` loops run in parallel, and two of them are never fused into one
 # (the end of a loop is the barrier the Pascanu and Cho forms rely on).
-_PRANGE_ONLY = {
-    name: name == "prange"
-    for name in ("comprehension", "reduction", "inplace_binop", "setitem", "numpy")
-    + ("stencil", "fusion", "prange")
-}
+_PARALLEL_PASSES = (
+    "comprehension",
+    "reduction",
+    "inplace_binop",
+    "setitem",
+    "numpy",
+    "stencil",
+    "fusion",
+    "prange",
+)
+_PRANGE_ONLY = {name: name == "prange" for name in _PARALLEL_PASSES}
 
 
 def _jit_parallel(fn):
@@ -243,10 +251,9 @@ def _layer_threads(cell, act, k, token, table, wih_t, bih, whh_t, bhh, h, c, ys,
 
     Each thread reads only its units' columns of the (transposed) weights, so at batch 1,
     where a step is bound by reading the weights, the threads share the reading.  Every
-    value is computed by the same operations in the same order as
-    on one thread, so the results are identical.  Pascanu and Cho forms need all units'
-    first pass before any second pass: two parallel regions, the end of the first being
-    the barrier.
+    value is computed by the same operations in the same order as on one thread, so the
+    results are identical.  Pascanu and Cho forms need all units' first pass before any
+    second pass: two parallel regions, the end of the first being the barrier.
     """
     gi, gh, tmp, hnew = scratch
     H = h.shape[1]
@@ -327,8 +334,12 @@ def _generate_chunk(
     num_layers, H = h.shape
     G = bhh.shape[1]
     V = head_b.shape[0]
-    scratch = (np.empty(G, h.dtype), np.empty(G, h.dtype), np.empty(H, h.dtype))
-    scratch = scratch + (np.empty(H, h.dtype),)
+    scratch = (
+        np.empty(G, h.dtype),
+        np.empty(G, h.dtype),
+        np.empty(H, h.dtype),
+        np.empty(H, h.dtype),
+    )
     ys = np.empty((num_layers, H), h.dtype)  # each layer's output at this token
     logits = np.empty(V, h.dtype)
     no_noise = np.empty(0, np.float64)
@@ -527,21 +538,16 @@ def threads_usable() -> bool:
 _POOL_PID: list = [None]  # the process that started the loop's thread pool
 
 
+@functools.lru_cache(maxsize=1)
 def _pool_layer_loads() -> bool:
-    if _POOL_LAYER[0] is None:
-        loads = False
-        for name in ("tbbpool", "omppool"):  # Numba's order of preference
-            try:
-                __import__(f"numba.np.ufunc.{name}")
-                loads = True
-                break
-            except Exception:  # the library is missing (no TBB package, no libgomp)
-                continue
-        _POOL_LAYER[0] = loads
-    return _POOL_LAYER[0]
-
-
-_POOL_LAYER: list = [None]
+    """Whether Numba's TBB or OpenMP threading layer loads (its preferred ones)."""
+    for name in ("tbbpool", "omppool"):
+        try:
+            importlib.import_module(f"numba.np.ufunc.{name}")
+            return True
+        except Exception:  # the library is missing (no TBB package, no libgomp)
+            continue
+    return False
 
 
 def generate(

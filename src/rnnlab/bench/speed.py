@@ -488,6 +488,7 @@ def run_speed(settings: Settings, out: Path | None = None, progress: bool = True
     settings.check()
     torch.manual_seed(settings.seed)
     threads_before = torch.get_num_threads()
+    numba_threads_before = _numba_threads()
     sections = settings.sections
     jobs = []
     if "training" in sections:
@@ -540,7 +541,7 @@ def run_speed(settings: Settings, out: Path | None = None, progress: bool = True
                 results["limit"] = limit
     finally:
         torch.set_num_threads(threads_before)
-        _set_numba_threads(None)
+        _set_numba_threads(numba_threads_before)
         bar.close()
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -549,15 +550,23 @@ def run_speed(settings: Settings, out: Path | None = None, progress: bool = True
     return results
 
 
-def _set_numba_threads(threads: int | None) -> None:
-    """Give the compiled generation loop ``threads`` threads (None: all Numba has), so
-    that it runs at the thread count its competitors get."""
+def _numba_threads() -> int | None:
+    """Numba's thread count now (None without Numba)."""
     try:
         import numba
     except Exception:  # no Numba: the generation rows say which path ran
+        return None
+    return numba.get_num_threads()
+
+
+def _set_numba_threads(threads: int | None) -> None:
+    """Give the compiled generation loop ``threads`` threads (at most what Numba has), so
+    that it runs at the thread count its competitors get; None (no Numba) does nothing."""
+    if threads is None or _numba_threads() is None:
         return
-    most = numba.config.NUMBA_NUM_THREADS
-    numba.set_num_threads(most if threads is None else min(threads, most))
+    import numba
+
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def machine_info(settings: Settings) -> dict:
