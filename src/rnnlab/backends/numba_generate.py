@@ -248,9 +248,10 @@ def _units_first(cell, act, k, token, table, wih_b, bih, whh_b, bhh, h, ys, gi, 
     (``gi``) and of every recurrent product that needs no other unit's new value (``gh``).
 
     Columns are unit-major (:func:`column_order`), so units ``lo:hi`` own one contiguous
-    range of every weight row.  Pascanu form: ``tmp`` = sigma(s_{t-1}) of the units instead
-    (the product W_hh sigma(s_{t-1}) needs all of them); Cho's GRU: the r, z columns, then
-    ``tmp`` = r * h_{t-1} of the units (W_hn (r * h_{t-1}) needs all of them).
+    range of columns, stored as one block of each matrix (:func:`blocked`).  Pascanu
+    form: ``tmp`` = sigma(s_{t-1}) of the units instead (the product W_hh sigma(s_{t-1})
+    needs all of them); Cho's GRU: the r, z columns, then ``tmp`` = r * h_{t-1} of the
+    units (W_hn (r * h_{t-1}) needs all of them).
     """
     H = h.shape[1]
     hk = h[k]
