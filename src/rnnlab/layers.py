@@ -87,7 +87,7 @@ from rnnlab.cells.pascanu import (
 from rnnlab.dropout import dropout
 from rnnlab.init import Init, apply_init
 
-BACKENDS = TRAINING_BACKENDS  # ("auto", "fused", "reference", "torch")
+BACKENDS = TRAINING_BACKENDS  # ("auto", "fused", "reference", "torch", "numba")
 logger = logging.getLogger("rnnlab")
 
 
@@ -774,11 +774,16 @@ class LSTM(_Stack):
         if path == "torch":
             return self._run_torch(x, state, p)
         args = (x, state[0], state[1], *_weights(p))
-        if not self.proj_size and not self.has_options:
+        if path != "numba" and not self.proj_size and not self.has_options:
             run = lstm_sequence if path == "fused" else lstm_sequence_reference
             hs, cs = run(*args)
             return hs, (hs[-1], cs[-1])
-        run = lstm_ext_sequence if path == "fused" else lstm_ext_sequence_reference
+        options = {"peephole": p.get("peephole"), "drop_mask": rows.get("drop")}
+        if path == "numba":  # imported here: importing Numba costs a second
+            from rnnlab.backends.numba_lstm import lstm_compiled_sequence as run
+        else:
+            options["weight_hr"] = p.get("weight_hr")
+            run = lstm_ext_sequence if path == "fused" else lstm_ext_sequence_reference
         ln = None
         if self.layer_norm:
             ln = tuple(p[f"ln_{k}_{part}"] for part in "xhc" for k in ("gamma", "beta"))
@@ -788,14 +793,7 @@ class LSTM(_Stack):
             zoneout = self.zoneout  # evaluation: the expectation
         else:
             zoneout = None
-        hs, cs = run(
-            *args,
-            weight_hr=p.get("weight_hr"),
-            peephole=p.get("peephole"),
-            ln=ln,
-            drop_mask=rows.get("drop"),
-            zoneout=zoneout,
-        )
+        hs, cs = run(*args, ln=ln, zoneout=zoneout, **options)
         return hs, (hs[-1], cs[-1])
 
     def _step_layer(self, x, state, p):

@@ -73,33 +73,15 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 import torch
-from numba import types
-from numba.extending import overload
 
 from rnnlab.backends import nonfinite_message
+from rnnlab.backends.numba_math import _jit, _sigmoid, _tanh, _tanh_rational  # noqa: F401
 
 LSTM, GRU, GRU_CHO, ELMAN, PASCANU = 0, 1, 2, 3, 4
 TANH, SIGMOID, RELU = 0, 1, 2
 ACTIVATIONS = {"tanh": TANH, "sigmoid": SIGMOID, "relu": RELU}
 MIN_UNITS_PER_THREAD = 128  # measured: 2 threads lose at hidden 128, win from 256
 CHUNK = 4096  # tokens sampled per compiled call: bounds the noise buffer (CHUNK x V float64)
-
-
-def _jit(fn, **extra):
-    """``numba.njit`` with the on-disk cache when a writable cache directory exists.
-
-    Numba looks for a cache directory when the function is decorated (next to this file,
-    else the user's cache directory, or ``NUMBA_CACHE_DIR``) and raises if none is
-    writable, as in a read-only install with a read-only home: compile in memory then.
-    ``RNNLAB_NUMBA_CACHE=0`` turns the cache off.
-    """
-    options = dict(error_model="numpy", **extra)  # x / 0 -> inf, as in torch (q may be 0)
-    if os.environ.get("RNNLAB_NUMBA_CACHE", "1") != "0":
-        try:
-            return numba.njit(cache=True, **options)(fn)
-        except Exception:  # no writable cache locator: compile in memory
-            pass
-    return numba.njit(**options)(fn)
 
 
 # Only explicit ``prange`` loops run in parallel, and two of them are never fused into one
@@ -120,71 +102,6 @@ _PRANGE_ONLY = {name: name == "prange" for name in _PARALLEL_PASSES}
 def _jit_parallel(fn):
     """:func:`_jit` with Numba's parallel loops (``prange``) and nothing else parallel."""
     return _jit(fn, parallel=dict(_PRANGE_ONLY))
-
-
-# Gate nonlinearities.  Float64 models use libm's ``exp`` and ``tanh`` (exact to rounding,
-# so their samples equal the plain path's).  Float32 models use a rational tanh evaluated in
-# float64 (Eigen's float coefficients: odd degree 13 over even degree 6, input clamped to
-# +-9): no calls and no branches, so LLVM vectorises a whole gate loop, 8x faster than the
-# libm calls here.  Its absolute error is at most 2.57e-8 for every float32 input, under
-# half an ulp of float32 at 1 (6e-8), and sigmoid(x) = 1/2 + tanh(x/2)/2 is within 1.29e-8
-# (measured against numpy's float64 functions on all 2.1e9 non-negative float32 values up
-# to +inf; both are odd about 0 and 1/2, and tanh(9) = 1 - 3e-8; the worst case is near
-# x = 0.317).  NaN stays NaN.
-_TANH_CLAMP = 9.0
-_P1, _P3, _P5, _P7 = (
-    4.89352455891786e-03,
-    6.37261928875436e-04,
-    1.48572235717979e-05,
-    5.12229709037114e-08,
-)
-_P9, _P11, _P13 = -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16
-_Q0, _Q2, _Q4, _Q6 = (
-    4.89352518554385e-03,
-    2.26843463243900e-03,
-    1.18534705686654e-04,
-    1.19825839466702e-06,
-)
-
-
-@_jit
-def _tanh_rational(x):
-    """tanh(x) to within 2.57e-8 for float32 inputs, in float64 arithmetic, branch-free."""
-    x = min(max(float(x), -_TANH_CLAMP), _TANH_CLAMP)
-    x2 = x * x
-    p = _P11 + x2 * _P13
-    p = _P1 + x2 * (_P3 + x2 * (_P5 + x2 * (_P7 + x2 * (_P9 + x2 * p))))
-    q = _Q0 + x2 * (_Q2 + x2 * (_Q4 + x2 * _Q6))
-    return x * p / q
-
-
-def _tanh(a, like):
-    """tanh for a model whose arrays look like ``like``: libm for float64 models, the
-    rational tanh for float32 ones (chosen while compiling, by ``like``'s dtype)."""
-    if like.dtype == np.float32:
-        return _tanh_rational(a)
-    return math.tanh(a)
-
-
-def _sigmoid(a, like):
-    """The logistic function, chosen like :func:`_tanh`."""
-    if like.dtype == np.float32:
-        return 0.5 + 0.5 * _tanh_rational(0.5 * float(a))
-    return 1.0 / (1.0 + math.exp(-a))
-
-
-@overload(_tanh, jit_options={"error_model": "numpy"})
-def _tanh_for(a, like):
-    if like.dtype == types.float32:
-        return lambda a, like: _tanh_rational(a)
-    return lambda a, like: math.tanh(a)
-
-
-@overload(_sigmoid, jit_options={"error_model": "numpy"})
-def _sigmoid_for(a, like):
-    if like.dtype == types.float32:
-        return lambda a, like: 0.5 + 0.5 * _tanh_rational(0.5 * float(a))
-    return lambda a, like: 1.0 / (1.0 + math.exp(-a))
 
 
 @_jit

@@ -1,7 +1,7 @@
 """Which path a recurrent layer's forward and backward take: the choice behind ``backend=``.
 
 The layers of :mod:`rnnlab.layers` (``RNN``, ``LSTM``, ``GRU``, ``PascanuRNN``,
-``JordanRNN``) run each layer and direction through one of three paths:
+``JordanRNN``) run each layer and direction through one of these paths:
 
 ``fused``      the cell's whole-sequence ``torch.autograd.Function`` with hand-derived BPTT
                (:mod:`rnnlab.cells`): every cell family and option; the reference for
@@ -14,12 +14,14 @@ The layers of :mod:`rnnlab.layers` (``RNN``, ``LSTM``, ``GRU``, ``PascanuRNN``,
                relu).  On the CPU in float32 PyTorch runs the LSTM through oneDNN.
 
 ``auto`` (the default) takes the fastest of these that computes the same function, by
-the rule in :func:`choose_training_backend`: ``torch`` for the LSTM on every device and
-for every counterpart on a GPU (cuDNN); ``fused`` for GRU and Elman layers on the CPU,
-where the hand-derived path measured faster than PyTorch's kernel (docs/performance.md);
-``fused`` for everything without a ``torch.nn`` counterpart (layer norm, peepholes,
-zoneout, recurrent dropout, the GRU's Cho form, the sigmoid Elman layer, the Pascanu and
-Jordan layers).  No path changes results beyond floating-point rounding: the tests hold
+the rule in :func:`choose_training_backend`: ``torch`` for the plain LSTM on every device
+and for every counterpart on a GPU (cuDNN); ``numba`` for the LSTM with peepholes, layer
+norm, zoneout or recurrent dropout on the CPU (faster than ``fused`` for each, measured in
+docs/performance.md); ``fused`` for GRU and Elman layers on the CPU, where the
+hand-derived path measured faster than PyTorch's kernel; ``fused`` for everything else
+without a ``torch.nn`` counterpart (the projected LSTM with options, the GRU's Cho form,
+the sigmoid Elman layer, the Pascanu and Jordan layers), and wherever Numba cannot be
+imported.  No path changes results beyond floating-point rounding: the tests hold
 ``fused`` and ``torch`` to the reference at 1e-10 in float64.
 """
 
@@ -27,9 +29,9 @@ from __future__ import annotations
 
 import torch
 
-from rnnlab.backends import BackendChoice
+from rnnlab.backends import BackendChoice, numba_import_error
 
-TRAINING_BACKENDS = ("auto", "fused", "reference", "torch")
+TRAINING_BACKENDS = ("auto", "fused", "reference", "torch", "numba")
 
 # Cells whose fused path measured faster than PyTorch's kernel on the CPU, at every issue-8
 # shape, at 1 and 2 threads (docs/performance.md, "Choosing the training path").
@@ -70,14 +72,21 @@ def choose_training_backend(layer, backend: str | None = None) -> BackendChoice:
         raise ValueError(f"backend must be one of {', '.join(TRAINING_BACKENDS)}; got {backend!r}")
     if backend in ("fused", "reference"):
         return BackendChoice(backend, "asked for")
+    if backend == "numba":
+        why_not = numba_unsupported(layer)
+        if why_not is not None:
+            raise ValueError(f"backend 'numba' cannot run this layer: {why_not}")
+        return BackendChoice("numba", "asked for")
     kernel, why = torch_counterpart(layer)
     if backend == "torch":
         if kernel is None:
             raise ValueError(f"backend 'torch' cannot run this layer: {why}")
         return BackendChoice("torch", why)
-    if kernel is None:
-        return BackendChoice("fused", why)
     device = _device(layer)
+    if kernel is None:
+        if getattr(layer, "cell_kind", None) == "lstm" and numba_unsupported(layer) is None:
+            return BackendChoice("numba", f"{why}; compiled steps beat fused on the CPU")
+        return BackendChoice("fused", why)
     if device.type != "cpu":
         return BackendChoice("torch", f"{why} on {device.type}")
     if layer.cell_kind in FUSED_WINS_ON_CPU:
@@ -85,9 +94,36 @@ def choose_training_backend(layer, backend: str | None = None) -> BackendChoice:
     return BackendChoice("torch", f"{why}, faster than fused on the CPU")
 
 
+def numba_unsupported(layer) -> str | None:
+    """Why the compiled LSTM path (``backend="numba"``) cannot run ``layer``, or None."""
+    if getattr(layer, "cell_kind", None) != "lstm":
+        return f"it runs LSTM layers only, not {type(layer).__name__}"
+    if layer.proj_size:
+        return "it has no projection (proj_size); use backend='fused'"
+    device, dtype = _device(layer), _dtype(layer)
+    if device.type != "cpu":
+        return f"it runs on the CPU; this layer is on {device.type}"
+    if dtype not in (torch.float32, torch.float64):
+        return f"it runs float32 and float64 layers; this one is {dtype}"
+    error = numba_import_error()
+    if error is not None:
+        return error
+    return None
+
+
+def _dtype(layer) -> torch.dtype:
+    p = next(layer.parameters(), None)
+    return p.dtype if p is not None else torch.get_default_dtype()
+
+
 def _device(layer) -> torch.device:
     p = next(layer.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
 
-__all__ = ["TRAINING_BACKENDS", "choose_training_backend", "torch_counterpart"]
+__all__ = [
+    "TRAINING_BACKENDS",
+    "choose_training_backend",
+    "numba_unsupported",
+    "torch_counterpart",
+]

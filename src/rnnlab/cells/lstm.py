@@ -505,6 +505,92 @@ def lstm_ext_sequence_reference(
     return torch.stack(hs), torch.stack(cs)
 
 
+def ext_input_gates(x, weight_ih, bias, gamma_x=None, beta_x=None, beta_h=None):
+    r"""``(gates, a_x_hats, rstd_x)``: the input side of every step in one matmul.
+
+    ``gates`` (T, N, 4H) is :math:`W_{ih} x_t + b`, or with LN (``gamma_x`` given)
+    :math:`\gamma_x \hat a^x_t + \beta_x + \beta_h + b`; ``native_layer_norm`` without
+    gain and shift gives the normalised :math:`\hat a^x` (kept for backward, else None)
+    and :math:`\rho^x`.  Shared by the fused and the compiled extended LSTM.
+    """
+    T, N, I = x.shape
+    G = weight_ih.shape[0]
+    if gamma_x is None:
+        return torch.addmm(bias, x.reshape(T * N, I), weight_ih.t()).view(T, N, G), None, None
+    a_x = x.reshape(T * N, I) @ weight_ih.t()
+    a_x_hats, _, rstd_x = torch.native_layer_norm(a_x, (G,), None, None, LN_EPS)
+    gates = torch.addcmul(beta_x + beta_h + bias, gamma_x, a_x_hats, out=a_x).view(T, N, G)
+    return gates, a_x_hats, rstd_x
+
+
+def ext_parameter_grads(needs, has_bias, inputs, grads, outputs, ln_saved):
+    """The extended LSTM's gradient tuple, after the reverse loop (module docstring: one
+    matmul or reduction per gradient).  Shared by the fused and the compiled backward.
+
+    ``inputs``: (x, h0, c0, weight_ih, weight_hh, weight_hr, peephole, drop_mask);
+    ``grads``: (grad_gates (T, N, 4H) = z-bar, grad_a_h = a^h-bar (z-bar itself without
+    LN), grad_ns = n-bar (LN only), grad_h_tildes (projection only), grad_h, grad_c =
+    the gradients of h0 and c0); ``outputs``: (hs, cs, c_tildes, us);
+    ``ln_saved``: (gamma_x, gamma_h, gamma_c, a_x_hats, rstd_x, a_h_hats, c_hats).
+    """
+    x, h0, c0, weight_ih, weight_hh, weight_hr, peephole, drop_mask = inputs
+    grad_gates, grad_a_h, grad_ns, grad_h_tildes, grad_h, grad_c = grads
+    hs, cs, c_tildes, us = outputs
+    gamma_x, gamma_h, gamma_c, a_x_hats, rstd_x, a_h_hats, c_hats = ln_saved
+    T, N, I = x.shape
+    H, P = c0.shape[1], h0.shape[1]
+    use_ln = gamma_x is not None
+    dz = grad_gates.view(T * N, 4 * H)
+    grad_b = dz.sum(0)
+    grad_a_x = dz  # a^x-bar: z-bar itself without LN
+    grad_gamma_x = grad_gamma_h = grad_gamma_c = grad_beta_c = None
+    if use_ln:
+        grad_a_x = _layer_norm_backward(dz, gamma_x, a_x_hats, rstd_x)
+        grad_gamma_x = (dz * a_x_hats).sum(0)
+        grad_gamma_h = (dz * a_h_hats.view(T * N, 4 * H)).sum(0)
+        grad_gamma_c = (grad_ns * c_hats).sum((0, 1))
+        grad_beta_c = grad_ns.sum((0, 1))
+    grad_x = (grad_a_x @ weight_ih).view(T, N, I) if needs[0] else None
+    grad_w_ih = grad_a_x.t() @ x.reshape(T * N, I) if needs[3] else None
+    grad_w_hh = None
+    if needs[4]:
+        r_prev = torch.cat([h0.unsqueeze(0), hs[:-1]])  # r_{t-1} = m h_{t-1}
+        if drop_mask is not None:
+            r_prev = r_prev * drop_mask
+        grad_w_hh = grad_a_h.view(T * N, 4 * H).t() @ r_prev.view(T * N, P)
+    grad_w_hr = None
+    if weight_hr is not None and needs[7]:
+        grad_w_hr = grad_h_tildes.view(T * N, P).t() @ us.view(T * N, H)
+    grad_peephole = None
+    if peephole is not None and needs[8]:
+        c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])
+        gi, gf, _, go = grad_gates.chunk(4, dim=2)
+        grad_peephole = torch.stack(
+            [(gi * c_prev).sum((0, 1)), (gf * c_prev).sum((0, 1)), (go * c_tildes).sum((0, 1))]
+        )
+    has_b_ih, has_b_hh = has_bias
+    return (
+        grad_x,
+        grad_h if needs[1] else None,
+        grad_c if needs[2] else None,
+        grad_w_ih,
+        grad_w_hh,
+        grad_b if has_b_ih and needs[5] else None,
+        grad_b if has_b_hh and needs[6] else None,
+        grad_w_hr,
+        grad_peephole,
+        grad_gamma_x,
+        grad_b if use_ln else None,  # beta_x: LN(v) = gamma v^ + beta
+        grad_gamma_h,
+        grad_b if use_ln else None,  # beta_h
+        grad_gamma_c,
+        grad_beta_c,
+        None,  # drop_mask and the zoneout masks are constants
+        None,
+        None,
+    )
+
+
 class LSTMExtFunction(torch.autograd.Function):
     """Whole-sequence extended LSTM with BPTT written by hand (see the module docstring).
 
@@ -523,20 +609,12 @@ class LSTMExtFunction(torch.autograd.Function):
         use_ln = gamma_x is not None
         bias = _combined_bias(bias_ih, bias_hh, x)
         # gates[t] starts as W_ih x_t + b (or its LN), all steps in one matmul, and is
-        # turned in place into the activated gates [i, f, g, o] of step t.  With LN,
-        # native_layer_norm without gain and shift gives the normalised v^ (kept for
-        # backward) and rho; gamma v^ is added by addcmul, and the shifts beta_x + beta_h
-        # join the biases as one constant.
-        a_x_hats = rstd_x = a_h_hats = rstd_h = c_hats = rstd_c = None
+        # turned in place into the activated gates [i, f, g, o] of step t.
+        gates, a_x_hats, rstd_x = ext_input_gates(x, weight_ih, bias, gamma_x, beta_x, beta_h)
+        a_h_hats = rstd_h = c_hats = rstd_c = None
         if use_ln:
-            a_x = x.reshape(T * N, I) @ weight_ih.t()
-            a_x_hats, _, rstd_x = torch.native_layer_norm(a_x, (4 * H,), None, None, LN_EPS)
-            shift = beta_x + beta_h + bias
-            gates = torch.addcmul(shift, gamma_x, a_x_hats, out=a_x).view(T, N, 4 * H)
             a_h_hats, rstd_h = x.new_empty(T, N, 4 * H), x.new_empty(T, N, 1)
             c_hats, rstd_c = x.new_empty(T, N, H), x.new_empty(T, N, 1)
-        else:
-            gates = torch.addmm(bias, x.reshape(T * N, I), weight_ih.t()).view(T, N, 4 * H)
         hs = x.new_empty(T, N, P)
         cs = x.new_empty(T, N, H)
         c_tildes = cs if zone_c is None else x.new_empty(T, N, H)  # cell before zoneout
@@ -597,8 +675,8 @@ class LSTMExtFunction(torch.autograd.Function):
         gates, hs, cs, c_tildes, ys, us = saved[10:16]
         gamma_x, gamma_h, gamma_c = saved[16:19]
         a_x_hats, rstd_x, a_h_hats, rstd_h, c_hats, rstd_c = saved[19:]
-        T, N, I = x.shape
-        H, P = c0.shape[1], h0.shape[1]
+        T = x.shape[0]
+        H = c0.shape[1]
         use_ln = gamma_x is not None
         keep_h = None if zone_h is None else 1 - zone_h
         keep_c = None if zone_c is None else 1 - zone_c
@@ -651,56 +729,14 @@ class LSTMExtFunction(torch.autograd.Function):
             if zone_h is not None:
                 grad_h_prev.addcmul_(grad_h, zone_h[t])
             grad_h, grad_c = grad_h_prev, grad_c_prev
-        # Everything below is outside the recurrence: one matmul or reduction per gradient.
-        needs = ctx.needs_input_grad
-        dz = grad_gates.view(T * N, 4 * H)
-        grad_b = dz.sum(0)
-        grad_a_x = dz  # a^x-bar: z-bar itself without LN
-        grad_gamma_x = grad_gamma_h = grad_gamma_c = grad_beta_c = None
-        if use_ln:
-            grad_a_x = _layer_norm_backward(dz, gamma_x, a_x_hats, rstd_x)
-            grad_gamma_x = (dz * a_x_hats).sum(0)
-            grad_gamma_h = (dz * a_h_hats.view(T * N, 4 * H)).sum(0)
-            grad_gamma_c = (grad_ns * c_hats).sum((0, 1))
-            grad_beta_c = grad_ns.sum((0, 1))
-        grad_x = (grad_a_x @ weight_ih).view(T, N, I) if needs[0] else None
-        grad_w_ih = grad_a_x.t() @ x.reshape(T * N, I) if needs[3] else None
-        grad_w_hh = None
-        if needs[4]:
-            r_prev = torch.cat([h0.unsqueeze(0), hs[:-1]])  # r_{t-1} = m h_{t-1}
-            if drop_mask is not None:
-                r_prev = r_prev * drop_mask
-            grad_w_hh = grad_a_h.view(T * N, 4 * H).t() @ r_prev.view(T * N, P)
-        grad_w_hr = None
-        if weight_hr is not None and needs[7]:
-            grad_w_hr = grad_h_tildes.view(T * N, P).t() @ us.view(T * N, H)
-        grad_peephole = None
-        if peephole is not None and needs[8]:
-            c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])
-            gi, gf, _, go = grad_gates.chunk(4, dim=2)
-            grad_peephole = torch.stack(
-                [(gi * c_prev).sum((0, 1)), (gf * c_prev).sum((0, 1)), (go * c_tildes).sum((0, 1))]
-            )
-        has_b_ih, has_b_hh = ctx.has_bias
-        return (
-            grad_x,
-            grad_h if needs[1] else None,
-            grad_c if needs[2] else None,
-            grad_w_ih,
-            grad_w_hh,
-            grad_b if has_b_ih and needs[5] else None,
-            grad_b if has_b_hh and needs[6] else None,
-            grad_w_hr,
-            grad_peephole,
-            grad_gamma_x,
-            grad_b if use_ln else None,  # beta_x: LN(v) = gamma v^ + beta
-            grad_gamma_h,
-            grad_b if use_ln else None,  # beta_h
-            grad_gamma_c,
-            grad_beta_c,
-            None,  # drop_mask and the zoneout masks are constants
-            None,
-            None,
+        saved_for_grads = (x, h0, c0, weight_ih, weight_hh, weight_hr, peephole, drop_mask)
+        return ext_parameter_grads(
+            ctx.needs_input_grad,
+            ctx.has_bias,
+            saved_for_grads,
+            (grad_gates, grad_a_h, grad_ns, grad_h_tildes, grad_h, grad_c),
+            (hs, cs, c_tildes, us),
+            (gamma_x, gamma_h, gamma_c, a_x_hats, rstd_x, a_h_hats, c_hats),
         )
 
 

@@ -1,0 +1,392 @@
+r"""Compiled training path of the extended LSTM (Numba): ``backend="numba"``.
+
+The equations, the hand-derived backward and the names are those of
+:mod:`rnnlab.cells.lstm` (its module docstring, "Extended LSTM"): peepholes, layer
+normalisation, recurrent dropout and zoneout, each off when None, in any combination.
+The projection (``proj_size``) is not here: it puts a second matmul inside the step, and
+such layers take the fused path.
+
+What changes is how a step runs.  The fused path (:class:`rnnlab.cells.lstm.LSTMExtFunction`)
+spends each step in a dozen or more PyTorch calls over (N, 4H) tensors, and at the sizes of
+character models their fixed cost, not the arithmetic, is most of the time.  Here a step
+is two calls:
+
+* forward: PyTorch's matmul :math:`a^h_t = r_{t-1} W_{hh}^\top` (N x 4H), then one
+  compiled pass (:func:`_forward_step`) that does every element-wise operation of the
+  step, row by row, so each row stays in L1 cache: the layer norm of :math:`a^h_t`,
+  peepholes, the four gates, the cell, its layer norm and tanh, zoneout, and
+  :math:`r_t = m \odot h_t` for the next matmul;
+* backward: one compiled pass (:func:`_backward_step`) from :math:`\bar h_t, \bar c_t` to
+  :math:`\bar z_t` and :math:`\bar a^h_t` (with both layer-norm backwards), then PyTorch's
+  matmul :math:`\bar a^h_t W_{hh}` for step t - 1.
+
+The input side (one matmul for all steps, :func:`rnnlab.cells.lstm.ext_input_gates`) and
+the weight gradients (one matmul or reduction each,
+:func:`rnnlab.cells.lstm.ext_parameter_grads`) are the fused path's own code, and the
+tensors kept for backward are the same, so memory is as documented there.
+
+Arithmetic.  Each gate is computed in float64 from the stored values.  Float64 layers use
+libm's ``exp`` and ``tanh``; float32 layers use the rational tanh of
+:mod:`rnnlab.backends.numba_math` (within 2.57e-8 of tanh, sigmoid within 1.29e-8: below
+float32 rounding), which has no calls or branches, so LLVM vectorises every loop of a row.
+The layer-norm means are summed in float64 (in an order LLVM may change, ``fastmath``
+reassociation on those sums only).  Float64 results equal the reference path's to about
+1e-13; float32 results equal the fused path's to float32 rounding
+(``tests/test_backends_training.py``).
+
+Each compiled pass runs on one thread; the matmuls use PyTorch's threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast
+from rnnlab.cells.elman import _combined_bias
+from rnnlab.cells.lstm import (
+    LN_EPS,
+    _check_ext_args,
+    _zoneout_tensors,
+    ext_input_gates,
+    ext_parameter_grads,
+)
+
+_sums = functools.partial(_jit, fastmath={"reassoc", "contract"})
+
+
+@_sums
+def _normalise(v, out):
+    """``out = (v - mean(v)) * rho`` with ``rho = 1 / sqrt(var(v) + eps)`` (biased
+    variance, as ``torch.native_layer_norm``); returns rho."""
+    n = v.shape[0]
+    s = 0.0
+    for j in range(n):
+        s += v[j]
+    mu = s / n
+    q = 0.0
+    for j in range(n):
+        d = v[j] - mu
+        q += d * d
+    rho = 1.0 / math.sqrt(q / n + LN_EPS)
+    for j in range(n):
+        out[j] = (v[j] - mu) * rho
+    return rho
+
+
+@_sums
+def _layer_norm_backward(g, gamma, v_hat, rho, out):
+    """``out = rho (g^ - mean(g^) - v^ mean(g^ v^))``, ``g^ = gamma * g``: the gradient
+    reaching v through ``gamma * v^ + beta`` (``rnnlab.cells.lstm._layer_norm_backward``)."""
+    n = g.shape[0]
+    s = 0.0
+    sv = 0.0
+    for j in range(n):
+        gh = gamma[j] * g[j]
+        s += gh
+        sv += gh * v_hat[j]
+    mean_g = s / n
+    mean_gv = sv / n
+    for j in range(n):
+        out[j] = rho * (gamma[j] * g[j] - mean_g - v_hat[j] * mean_gv)
+
+
+@_jit
+def _forward_row(z, a_h, c_prev, h_prev, m, peep, gamma_h, gamma_c, beta_c, zone_h, zone_c,
+                 c_tilde, c, y, h, r, a_h_hat, c_hat):  # fmt: skip
+    """One row of step t.  ``z`` holds the input side of the gates and leaves as the
+    activated [i, f, g, o]; the options are rows of length 0 when off.  Returns
+    (rho_h, rho_c), the layer norms' inverse deviations (0 without LN)."""
+    H = c_prev.shape[0]
+    G = 4 * H
+    use_ln = gamma_h.shape[0] > 0
+    rho_h = rho_c = 0.0
+    if use_ln:
+        rho_h = _normalise(a_h, a_h_hat)
+        for j in range(G):
+            z[j] += gamma_h[j] * a_h_hat[j]
+    else:
+        for j in range(G):
+            z[j] += a_h[j]
+    z_i, z_f, z_g, z_o = z[:H], z[H : 2 * H], z[2 * H : 3 * H], z[3 * H :]
+    if peep.shape[1] > 0:
+        w_ci, w_cf = peep[0], peep[1]
+        for j in range(H):
+            z_i[j] += w_ci[j] * c_prev[j]
+            z_f[j] += w_cf[j] * c_prev[j]
+    z_if = z[: 2 * H]
+    for j in range(2 * H):
+        z_if[j] = _sigmoid_fast(z_if[j], z)
+    for j in range(H):
+        z_g[j] = _tanh_fast(z_g[j], z)
+    for j in range(H):
+        c_tilde[j] = z_f[j] * c_prev[j] + z_i[j] * z_g[j]
+    if peep.shape[1] > 0:
+        w_co = peep[2]
+        for j in range(H):
+            z_o[j] += w_co[j] * c_tilde[j]
+    for j in range(H):
+        z_o[j] = _sigmoid_fast(z_o[j], z)
+    if use_ln:
+        rho_c = _normalise(c_tilde, c_hat)
+        for j in range(H):
+            y[j] = _tanh_fast(gamma_c[j] * c_hat[j] + beta_c[j], z)
+    else:
+        for j in range(H):
+            y[j] = _tanh_fast(c_tilde[j], z)
+    for j in range(H):
+        h[j] = z_o[j] * y[j]
+    # zoneout, as torch.lerp(new, old, d): exact at d = 0 and d = 1
+    if zone_c.shape[0] > 0:
+        for j in range(H):
+            c[j] = c_tilde[j] + zone_c[j] * (c_prev[j] - c_tilde[j])
+    if zone_h.shape[0] > 0:
+        for j in range(H):
+            h[j] = h[j] + zone_h[j] * (h_prev[j] - h[j])
+    if m.shape[0] > 0:
+        for j in range(H):
+            r[j] = m[j] * h[j]
+    else:
+        for j in range(H):
+            r[j] = h[j]
+    return rho_h, rho_c
+
+
+@_jit
+def _forward_step(t, gates, a_h, h0, c0, hs, cs, c_tildes, ys, r, m, peep, gamma_h, gamma_c,
+                  beta_c, zone_h, zone_c, a_h_hats, rstd_h, c_hats, rstd_c):  # fmt: skip
+    """Step t for every row: see :func:`_forward_row`; ``a_h`` = r_{t-1} W_hh^T."""
+    N = gates.shape[1]
+    use_ln = gamma_h.shape[0] > 0
+    for n in range(N):
+        c_prev = c0[n] if t == 0 else cs[t - 1, n]
+        h_prev = h0[n] if t == 0 else hs[t - 1, n]
+        rho_h, rho_c = _forward_row(
+            gates[t, n], a_h[n], c_prev, h_prev, m[n], peep, gamma_h, gamma_c, beta_c,
+            zone_h[t, n], zone_c[t, n], c_tildes[t, n], cs[t, n], ys[t, n], hs[t, n], r[n],
+            a_h_hats[t, n], c_hats[t, n],
+        )  # fmt: skip
+        if use_ln:
+            rstd_h[t, n, 0] = rho_h
+            rstd_c[t, n, 0] = rho_c
+
+
+@_jit
+def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamma_c,
+                  zone_h, zone_c, a_h_hat, rho_h, c_hat, rho_c, carry_h, carry_c,
+                  grad_z, grad_a_h, grad_n, h_bar, c_bar, u_bar, n_bar):  # fmt: skip
+    """One row of step t of the reverse loop (cells/lstm.py, "Backward of the extended
+    LSTM").  In: ``grad_r`` = W_hh^T a^h-bar_{t+1}, ``carry_h`` = d^h_{t+1} h-bar_{t+1},
+    ``carry_c`` = what c_t gets from step t+1.  Out: ``grad_z`` = z-bar_t, ``grad_a_h`` =
+    a^h-bar_t (LN; else it is grad_z), ``grad_n`` = n-bar_t (LN), and the carries for step
+    t - 1.  ``h_bar`` ... ``n_bar`` are scratch rows of H values."""
+    H = c_prev.shape[0]
+    use_ln = gamma_h.shape[0] > 0
+    if m.shape[0] > 0:
+        for j in range(H):
+            h_bar[j] = grad_hs[j] + carry_h[j] + m[j] * grad_r[j]
+    else:
+        for j in range(H):
+            h_bar[j] = grad_hs[j] + carry_h[j] + grad_r[j]
+    for j in range(H):
+        c_bar[j] = grad_cs[j] + carry_c[j]
+    # Each loop below writes one array: with more, LLVM gives up the runtime checks that
+    # the arrays do not overlap, and with them the vectorisation (measured: 2x slower).
+    if zone_h.shape[0] > 0:
+        for j in range(H):
+            u_bar[j] = (1.0 - zone_h[j]) * h_bar[j]  # h~-bar, = u-bar without projection
+        for j in range(H):
+            carry_h[j] = zone_h[j] * h_bar[j]
+    else:
+        for j in range(H):
+            u_bar[j] = h_bar[j]
+        for j in range(H):
+            carry_h[j] = 0.0
+    i_, f_, g_, o_ = z[:H], z[H : 2 * H], z[2 * H : 3 * H], z[3 * H :]
+    gi, gf, gg, go = grad_z[:H], grad_z[H : 2 * H], grad_z[2 * H : 3 * H], grad_z[3 * H :]
+    for j in range(H):
+        go[j] = u_bar[j] * y[j] * o_[j] * (1.0 - o_[j])
+    for j in range(H):
+        n_bar[j] = u_bar[j] * o_[j] * (1.0 - y[j] * y[j])
+    if use_ln:
+        for j in range(H):
+            grad_n[j] = n_bar[j]
+        _layer_norm_backward(grad_n, gamma_c, c_hat, rho_c, n_bar)
+    # c~-bar (kept in u_bar, no longer needed): (1 - d^c) c-bar + LN'(n-bar) + w_co z^o-bar
+    if zone_c.shape[0] > 0:
+        for j in range(H):
+            u_bar[j] = (1.0 - zone_c[j]) * c_bar[j] + n_bar[j]
+    else:
+        for j in range(H):
+            u_bar[j] = c_bar[j] + n_bar[j]
+    if peep.shape[1] > 0:
+        w_co = peep[2]
+        for j in range(H):
+            u_bar[j] += w_co[j] * go[j]
+    for j in range(H):
+        gi[j] = u_bar[j] * g_[j] * i_[j] * (1.0 - i_[j])
+    for j in range(H):
+        gf[j] = u_bar[j] * c_prev[j] * f_[j] * (1.0 - f_[j])
+    for j in range(H):
+        gg[j] = u_bar[j] * i_[j] * (1.0 - g_[j] * g_[j])
+    for j in range(H):
+        carry_c[j] = f_[j] * u_bar[j]
+    if zone_c.shape[0] > 0:
+        for j in range(H):
+            carry_c[j] += zone_c[j] * c_bar[j]
+    if peep.shape[1] > 0:
+        w_ci, w_cf = peep[0], peep[1]
+        for j in range(H):
+            carry_c[j] += w_ci[j] * gi[j] + w_cf[j] * gf[j]
+    if use_ln:
+        _layer_norm_backward(grad_z, gamma_h, a_h_hat, rho_h, grad_a_h)
+
+
+@_jit
+def _backward_step(t, gates, h0, c0, cs, c_tildes, ys, grad_hs, grad_cs, grad_r, m, peep,
+                   gamma_h, gamma_c, zone_h, zone_c, a_h_hats, rstd_h, c_hats, rstd_c,
+                   carry_h, carry_c, grad_gates, grad_a_h, grad_ns, scratch):  # fmt: skip
+    """Step t of the reverse loop for every row: see :func:`_backward_row`."""
+    N = gates.shape[1]
+    use_ln = gamma_h.shape[0] > 0
+    for n in range(N):
+        c_prev = c0[n] if t == 0 else cs[t - 1, n]
+        rho_h = rstd_h[t, n, 0] if use_ln else 0.0
+        rho_c = rstd_c[t, n, 0] if use_ln else 0.0
+        _backward_row(
+            gates[t, n], c_prev, ys[t, n], grad_hs[t, n], grad_cs[t, n], grad_r[n], m[n],
+            peep, gamma_h, gamma_c, zone_h[t, n], zone_c[t, n], a_h_hats[t, n], rho_h,
+            c_hats[t, n], rho_c, carry_h[n], carry_c[n], grad_gates[t, n], grad_a_h[t, n],
+            grad_ns[t, n], scratch[0], scratch[1], scratch[2], scratch[3],
+        )  # fmt: skip
+
+
+def _np(tensor):
+    """A contiguous numpy view (a copy only where the tensor is not contiguous)."""
+    return tensor.detach().contiguous().numpy()
+
+
+def _off(*shape, like):
+    """An option that is off: an array whose last axis is empty, so its rows have length 0."""
+    return np.empty((*shape, 0), dtype=like.dtype)
+
+
+class LSTMCompiledFunction(torch.autograd.Function):
+    """The extended LSTM's forward and hand-derived backward, each step one matmul and one
+    compiled pass.  Arguments as :class:`rnnlab.cells.lstm.LSTMExtFunction` (``weight_hr``
+    must be None)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *options):
+        (weight_hr, peephole, gamma_x, beta_x, gamma_h, beta_h, gamma_c, beta_c,
+         drop_mask, zone_h, zone_c) = options  # fmt: skip
+        if weight_hr is not None:
+            raise ValueError("the numba LSTM path has no projection (proj_size); use fused")
+        T, N, _ = x.shape
+        H = c0.shape[1]
+        use_ln = gamma_x is not None
+        bias = _combined_bias(bias_ih, bias_hh, x)
+        gates, a_x_hats, rstd_x = ext_input_gates(x, weight_ih, bias, gamma_x, beta_x, beta_h)
+        hs, cs, ys = (x.new_empty(T, N, H) for _ in range(3))
+        c_tildes = cs if zone_c is None else x.new_empty(T, N, H)
+        ln_rows = (4 * H, 1, H, 1) if use_ln else (0, 0, 0, 0)
+        a_h_hats, rstd_h, c_hats, rstd_c = (x.new_empty(T, N, k) for k in ln_rows)
+        g_np = _np(gates)
+        m_np = _off(N, like=g_np) if drop_mask is None else _np(drop_mask.expand(N, H))
+        r = h0.detach().clone() if drop_mask is None else h0.detach() * drop_mask
+        a_h = x.new_empty(N, 4 * H)
+        arrays = _option_arrays(g_np, T, N, peephole, gamma_h, gamma_c, beta_c, zone_h, zone_c)
+        peep_np, gamma_h_np, gamma_c_np, beta_c_np, zone_h_np, zone_c_np = arrays
+        w_hh_t = weight_hh.detach().t()
+        hs_np, cs_np, ct_np, ys_np, r_np, a_h_np = map(_np, (hs, cs, c_tildes, ys, r, a_h))
+        h0_np, c0_np = _np(h0), _np(c0)
+        saved_ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c)))
+        for t in range(T):
+            torch.mm(r, w_hh_t, out=a_h)
+            _forward_step(t, g_np, a_h_np, h0_np, c0_np, hs_np, cs_np, ct_np, ys_np, r_np,
+                          m_np, peep_np, gamma_h_np, gamma_c_np, beta_c_np, zone_h_np,
+                          zone_c_np, *saved_ln)  # fmt: skip
+        ctx.has_bias = (bias_ih is not None, bias_hh is not None)
+        ctx.arrays = (m_np, *arrays)
+        ctx.save_for_backward(
+            *(x, h0, c0, weight_ih, weight_hh, peephole, drop_mask),
+            *(gates, hs, cs, c_tildes, ys),
+            *(gamma_x, gamma_h, gamma_c),
+            *(a_x_hats, rstd_x, a_h_hats, rstd_h, c_hats, rstd_c),
+        )
+        return hs, cs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_hs, grad_cs):
+        saved = ctx.saved_tensors
+        x, h0, c0, weight_ih, weight_hh, peephole, drop_mask = saved[:7]
+        gates, hs, cs, c_tildes, ys = saved[7:12]
+        gamma_x, gamma_h, gamma_c = saved[12:15]
+        a_x_hats, rstd_x, a_h_hats, rstd_h, c_hats, rstd_c = saved[15:]
+        m_np, peep_np, gamma_h_np, gamma_c_np, _, zone_h_np, zone_c_np = ctx.arrays
+        T, N, _ = x.shape
+        H = c0.shape[1]
+        use_ln = gamma_x is not None
+        grad_gates = torch.empty_like(gates)  # z-bar of every step, (T, N, 4H)
+        grad_a_h = torch.empty_like(gates) if use_ln else grad_gates  # a^h-bar
+        grad_ns = x.new_empty(T, N, H if use_ln else 0)  # n-bar, for gamma_c and beta_c
+        grad_r = torch.zeros_like(h0)  # W_hh^T a^h-bar_{t+1}
+        carry_h = np.zeros((N, H), dtype=m_np.dtype)  # d^h_{t+1} h-bar_{t+1}
+        carry_c = np.zeros((N, H), dtype=m_np.dtype)  # what c_t gets from step t+1
+        scratch = np.empty((4, H), dtype=m_np.dtype)
+        g_np, dz_np, dah_np, dn_np, gr_np = map(_np, (gates, grad_gates, grad_a_h, grad_ns, grad_r))
+        ghs_np, gcs_np = _np(grad_hs), _np(grad_cs)
+        state = tuple(map(_np, (h0, c0, cs, c_tildes, ys)))
+        ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c)))
+        for t in range(T - 1, -1, -1):
+            _backward_step(t, g_np, *state, ghs_np, gcs_np, gr_np, m_np, peep_np, gamma_h_np,
+                           gamma_c_np, zone_h_np, zone_c_np, *ln, carry_h, carry_c, dz_np,
+                           dah_np, dn_np, scratch)  # fmt: skip
+            torch.mm(grad_a_h[t], weight_hh, out=grad_r)
+        grad_h = grad_r if drop_mask is None else grad_r * drop_mask
+        grad_h = grad_h + torch.from_numpy(carry_h)  # h0-bar = m W_hh^T a^h-bar_0 + d^h_0 h-bar_0
+        grad_c = torch.from_numpy(carry_c)
+        return ext_parameter_grads(
+            ctx.needs_input_grad,
+            ctx.has_bias,
+            (x, h0, c0, weight_ih, weight_hh, None, peephole, drop_mask),
+            (grad_gates, grad_a_h, grad_ns if use_ln else None, None, grad_h, grad_c),
+            (hs, cs, c_tildes, None),
+            (gamma_x, gamma_h, gamma_c, a_x_hats, rstd_x, a_h_hats, c_hats),
+        )
+
+
+def _option_arrays(like, T, N, peephole, gamma_h, gamma_c, beta_c, zone_h, zone_c):
+    """Numpy arrays of the options for the compiled passes, empty rows where one is off."""
+    peep = _off(3, like=like) if peephole is None else _np(peephole)
+    if gamma_h is None:
+        gamma_h_np, gamma_c_np, beta_c_np = (np.empty(0, like.dtype) for _ in range(3))
+    else:
+        gamma_h_np, gamma_c_np, beta_c_np = map(_np, (gamma_h, gamma_c, beta_c))
+    zone_h_np = _off(T, N, like=like) if zone_h is None else _np(zone_h)
+    zone_c_np = _off(T, N, like=like) if zone_c is None else _np(zone_c)
+    return peep, gamma_h_np, gamma_c_np, beta_c_np, zone_h_np, zone_c_np
+
+
+def lstm_compiled_sequence(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, peephole=None,
+                           ln=None, drop_mask=None, zoneout=None):  # fmt: skip
+    """The extended LSTM through the compiled path: ``(hs, cs)``, each (T, N, H).
+
+    Arguments, shapes and options as :func:`rnnlab.cells.lstm.lstm_ext_sequence`, without
+    ``weight_hr``.  CPU tensors, float32 or float64.
+    """
+    if x.device.type != "cpu":
+        raise ValueError(f"the numba LSTM path runs on the CPU; the input is on {x.device}")
+    T, N, H, P = _check_ext_args(x, h0, c0, weight_ih, weight_hh, None, peephole, ln, drop_mask)
+    zone_h, zone_c = _zoneout_tensors(zoneout, T, N, H, P, x)
+    ln_params = (None,) * 6 if ln is None else tuple(ln)
+    options = (None, peephole, *ln_params, drop_mask, zone_h, zone_c)
+    return LSTMCompiledFunction.apply(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *options)
+
+
+__all__ = ["LSTMCompiledFunction", "lstm_compiled_sequence"]

@@ -1,0 +1,207 @@
+"""The compiled LSTM training path (``backend="numba"``, :mod:`rnnlab.backends.numba_lstm`).
+
+The four tiers of the other paths: the sequence function against the reference in float64
+for every combination of options (outputs and the gradients of every input), gradcheck,
+the layer against the reference layer (stacked, bidirectional, with lengths) and against
+``torch.nn.LSTM``, chunked equals whole; then float32 against the fused path, the rule of
+``auto`` and the one-line errors.  No timings: ``rnnlab bench speed`` measures the speed.
+"""
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+import rnnlab
+from rnnlab.backends.numba_lstm import lstm_compiled_sequence
+from rnnlab.cells.lstm import lstm_ext_sequence, lstm_ext_sequence_reference
+
+F64 = torch.float64
+T, N, I, H = 5, 3, 4, 6
+TIGHT = dict(atol=1e-10, rtol=1e-10)
+F32 = dict(atol=2e-5, rtol=2e-5)
+OPTIONS = ("peephole", "ln", "drop", "zoneout")
+
+
+def problem(dtype, on, zoneout_training=True, seed=1):
+    """Arguments, options and the tensors to differentiate, for the options in ``on``."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return scale * torch.randn(*shape, generator=g, dtype=dtype)
+
+    def coin(p, *shape):
+        return torch.bernoulli(torch.full(shape, p, dtype=dtype), generator=g)
+
+    args = [rand(T, N, I), rand(N, H), rand(N, H), rand(4 * H, I, scale=0.5)]
+    args += [rand(4 * H, H, scale=0.5), rand(4 * H), rand(4 * H)]
+    opts, leaves = {}, list(args)
+    if "peephole" in on:
+        opts["peephole"] = rand(3, H)
+        leaves.append(opts["peephole"])
+    if "ln" in on:  # gains near 1, shifts near 0, none trivial
+        ln = [1 + rand(4 * H, scale=0.3), rand(4 * H, scale=0.3)] * 2
+        ln += [1 + rand(H, scale=0.3), rand(H, scale=0.3)]
+        opts["ln"] = tuple(ln)
+        leaves += ln
+    if "drop" in on:
+        opts["drop_mask"] = coin(0.7, N, H) / 0.7
+    if "zoneout" in on:
+        opts["zoneout"] = (
+            (coin(0.2, T, N, H), coin(0.3, T, N, H)) if zoneout_training else (0.1, 0.05)
+        )
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+    return args, opts, leaves
+
+
+def values_and_grads(run, dtype, on, zoneout_training=True):
+    args, opts, leaves = problem(dtype, on, zoneout_training)
+    hs, cs = run(*args, **opts)
+    g = torch.Generator().manual_seed(7)
+    w_h, w_c = (torch.randn(v.shape, generator=g, dtype=dtype) for v in (hs, cs))
+    grads = torch.autograd.grad((hs * w_h).sum() + (cs * w_c).sum(), leaves)
+    return [hs, cs, *grads]
+
+
+COMBINATIONS = [
+    combo for k in range(len(OPTIONS) + 1) for combo in itertools.combinations(OPTIONS, k)
+]
+
+
+@pytest.mark.parametrize("on", COMBINATIONS, ids=lambda c: "+".join(c) or "plain")
+def test_equals_the_reference_in_float64(on):
+    for zoneout_training in (True, False) if "zoneout" in on else (True,):
+        got = values_and_grads(lstm_compiled_sequence, F64, on, zoneout_training)
+        expected = values_and_grads(lstm_ext_sequence_reference, F64, on, zoneout_training)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, **TIGHT)
+
+
+def test_gradcheck_with_every_option():
+    args, opts, leaves = problem(F64, OPTIONS)
+
+    def run(*tensors):
+        return lstm_compiled_sequence(
+            *tensors[:7],
+            peephole=tensors[7],
+            ln=tensors[8:14],
+            drop_mask=opts["drop_mask"],
+            zoneout=opts["zoneout"],
+        )
+
+    assert torch.autograd.gradcheck(run, tuple(leaves))
+
+
+@pytest.mark.parametrize("on", [(), OPTIONS, ("ln",)], ids=["plain", "all", "ln"])
+def test_float32_equals_the_fused_path(on):
+    got = values_and_grads(lstm_compiled_sequence, torch.float32, on)
+    expected = values_and_grads(lstm_ext_sequence, torch.float32, on)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, **F32)
+
+
+LAYER_OPTIONS = [
+    {},
+    {"layer_norm": True},
+    {"peephole": True, "zoneout": (0.2, 0.1), "recurrent_dropout": 0.25},
+]
+
+
+def run_layer(layer, x, lengths=None):
+    torch.manual_seed(3)  # the same dropout and zoneout masks on every path
+    x = x.clone().requires_grad_()
+    out, (h, c) = layer(x, lengths=lengths)
+    loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()
+    loss = loss + (h * 0.5).sum() - c.sum()
+    return [out, h, c, *torch.autograd.grad(loss, [x, *layer.parameters()])]
+
+
+@pytest.mark.parametrize("kw", LAYER_OPTIONS, ids=["plain", "ln", "peephole-zoneout-dropout"])
+@pytest.mark.parametrize("varlen", [False, True], ids=["full", "lengths"])
+def test_layer_equals_the_reference_layer(kw, varlen):
+    torch.manual_seed(0)
+    ours = rnnlab.LSTM(I, H, num_layers=2, bidirectional=True, backend="numba", dtype=F64, **kw)
+    reference = copy.deepcopy(ours)
+    reference.backend = "reference"
+    x = torch.randn(T, N, I, dtype=F64)
+    lengths = torch.tensor([5, 2, 4]) if varlen else None
+    for a, b in zip(run_layer(ours, x, lengths), run_layer(reference, x, lengths), strict=True):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
+def test_plain_layer_matches_torch_nn():
+    torch.manual_seed(0)
+    theirs = torch.nn.LSTM(I, H, num_layers=2, dtype=F64)
+    ours = rnnlab.LSTM.from_torch(theirs, backend="numba")
+    x = torch.randn(T, N, I, dtype=F64)
+    out, (h, c) = ours(x)
+    ref_out, (ref_h, ref_c) = theirs(x)
+    for a, b in ((out, ref_out), (h, ref_h), (c, ref_c)):
+        torch.testing.assert_close(a, b, **TIGHT)
+    grads = torch.autograd.grad(out.sum(), list(ours.parameters()))
+    ref_grads = torch.autograd.grad(ref_out.sum(), list(theirs.parameters()))
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
+def test_chunked_equals_whole_with_state_carried():
+    torch.manual_seed(0)
+    layer = rnnlab.LSTM(I, H, num_layers=2, layer_norm=True, peephole=True, backend="numba")
+    layer = layer.to(F64).eval()
+    layer.zoneout = (0.1, 0.05)  # evaluation: the expectation, the same at every chunk
+    x = torch.randn(T, N, I, dtype=F64)
+    whole, (h, c) = layer(x)
+    outs, state = [], None
+    for chunk in (x[:2], x[2:3], x[3:]):
+        out, state = layer(chunk, state)
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs), whole, **TIGHT)
+    torch.testing.assert_close(state[0], h, **TIGHT)
+    torch.testing.assert_close(state[1], c, **TIGHT)
+
+
+def test_auto_takes_it_for_the_lstm_options_only():
+    assert rnnlab.LSTM(I, H, layer_norm=True).backend_choice().name == "numba"
+    assert rnnlab.LSTM(I, H, zoneout=0.1).backend_choice().name == "numba"
+    assert rnnlab.LSTM(I, H).backend_choice().name == "torch"  # oneDNN for the plain LSTM
+    assert rnnlab.LSTM(I, H, proj_size=2, peephole=True).backend_choice().name == "fused"
+    assert "backend='auto' -> 'numba'" in repr(rnnlab.LSTM(I, H, peephole=True))
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: rnnlab.GRU(I, H, backend="numba"), "LSTM layers only"),
+        (lambda: rnnlab.LSTM(I, H, proj_size=2, backend="numba"), "no projection"),
+        (
+            lambda: rnnlab.LSTM(I, H, backend="numba", dtype=torch.bfloat16).backend_choice(),
+            "float32 and float64",
+        ),
+    ],
+)
+def test_unsupported_layers_are_refused_in_one_line(make, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        make()
+    assert "\n" not in str(caught.value)
+
+
+def test_a_model_trains_on_it():
+    """A layer-norm LSTM with a linear read-out learns to echo its input one step late."""
+    torch.manual_seed(0)
+    rnn = rnnlab.LSTM(2, 16, layer_norm=True, zoneout=0.05)
+    head = torch.nn.Linear(16, 2)
+    assert rnn.backend_choice().name == "numba"
+    opt = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=0.02)
+    x = torch.randn(12, 16, 2)
+    target = torch.cat([torch.zeros(1, 16, 2), x[:-1]])
+    losses = []
+    for _ in range(60):
+        out, _ = rnn(x)
+        loss = torch.nn.functional.mse_loss(head(out), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
