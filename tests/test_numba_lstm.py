@@ -205,3 +205,34 @@ def test_a_model_trains_on_it():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
+
+
+def test_starting_numba_threads_leaves_torch_threads_alone():
+    """Numba's OpenMP layer shares libgomp with PyTorch: starting it once reset
+    ``torch.set_num_threads(1)`` to Numba's count.  In a fresh process, as a user's."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from rnnlab.backends.numba_math import numba_threads\n"
+        "numba_threads()\n"
+        "print(torch.get_num_threads())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, dtype):
+    """Each row is computed the same way whichever block and thread it falls in."""
+    import rnnlab.backends.numba_lstm as numba_lstm
+
+    runs = []
+    for parts in (1, 2, 3):
+        monkeypatch.setattr(numba_lstm, "_parts", lambda rows, parts=parts: parts)
+        runs.append(values_and_grads(lstm_compiled_sequence, dtype, OPTIONS))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert torch.equal(a, b)

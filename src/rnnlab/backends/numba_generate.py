@@ -75,7 +75,13 @@ import numpy as np
 import torch
 
 from rnnlab.backends import nonfinite_message
-from rnnlab.backends.numba_math import _jit, _sigmoid, _tanh, _tanh_rational  # noqa: F401
+from rnnlab.backends.numba_math import (  # noqa: F401 (_tanh_rational: the tests' handle)
+    _jit,
+    _sigmoid,
+    _tanh,
+    _tanh_rational,
+    numba_threads,
+)
 
 LSTM, GRU, GRU_CHO, ELMAN, PASCANU = 0, 1, 2, 3, 4
 TANH, SIGMOID, RELU = 0, 1, 2
@@ -585,7 +591,7 @@ def loop_threads(hidden_size: int) -> int:
     at least :data:`MIN_UNITS_PER_THREAD` units (below that a parallel region costs more
     than it saves); 1 where parallel regions are not safe or not cheap
     (:func:`threads_usable`)."""
-    threads = min(numba.get_num_threads(), hidden_size // MIN_UNITS_PER_THREAD)
+    threads = min(numba_threads(), hidden_size // MIN_UNITS_PER_THREAD)
     return threads if threads > 1 and threads_usable() else 1
 
 

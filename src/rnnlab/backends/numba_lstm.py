@@ -41,12 +41,15 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numpy as np
 import torch
+from numba import prange
 from torch.autograd.function import once_differentiable
 
-from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast
+from rnnlab.backends.numba_generate import _POOL_PID, _jit_parallel, threads_usable
+from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast, numba_threads
 from rnnlab.cells.elman import _combined_bias
 from rnnlab.cells.lstm import (
     LN_EPS,
@@ -100,7 +103,10 @@ def _forward_row(z, a_h, c_prev, h_prev, m, peep, gamma_h, gamma_c, beta_c, zone
                  c_tilde, c, y, h, r, a_h_hat, c_hat):  # fmt: skip
     """One row of step t.  ``z`` holds the input side of the gates and leaves as the
     activated [i, f, g, o]; the options are rows of length 0 when off.  Returns
-    (rho_h, rho_c), the layer norms' inverse deviations (0 without LN)."""
+    (rho_h, rho_c), the layer norms' inverse deviations (0 without LN).
+
+    Each loop writes one array, which LLVM vectorises (16 float32 lanes); the
+    nonlinearities in one loop with the rest ran scalar, 3x slower."""
     H = c_prev.shape[0]
     G = 4 * H
     use_ln = gamma_h.shape[0] > 0
@@ -157,12 +163,15 @@ def _forward_row(z, a_h, c_prev, h_prev, m, peep, gamma_h, gamma_c, beta_c, zone
 
 
 @_jit
-def _forward_step(t, gates, a_h, h0, c0, hs, cs, c_tildes, ys, r, m, peep, gamma_h, gamma_c,
-                  beta_c, zone_h, zone_c, a_h_hats, rstd_h, c_hats, rstd_c):  # fmt: skip
-    """Step t for every row: see :func:`_forward_row`; ``a_h`` = r_{t-1} W_hh^T."""
-    N = gates.shape[1]
+def _forward_rows(t, lo, hi, arrays, opts, ln):
+    """Rows ``lo:hi`` of step t: see :func:`_forward_row`.  ``arrays``: (gates, a_h, h0, c0,
+    hs, cs, c_tildes, ys, r), ``a_h`` = r_{t-1} W_hh^T; ``opts``: (m, peep, gamma_h,
+    gamma_c, beta_c, zone_h, zone_c); ``ln``: (a_h_hats, rstd_h, c_hats, rstd_c)."""
+    gates, a_h, h0, c0, hs, cs, c_tildes, ys, r = arrays
+    m, peep, gamma_h, gamma_c, beta_c, zone_h, zone_c = opts
+    a_h_hats, rstd_h, c_hats, rstd_c = ln
     use_ln = gamma_h.shape[0] > 0
-    for n in range(N):
+    for n in range(lo, hi):
         c_prev = c0[n] if t == 0 else cs[t - 1, n]
         h_prev = h0[n] if t == 0 else hs[t - 1, n]
         rho_h, rho_c = _forward_row(
@@ -178,101 +187,107 @@ def _forward_step(t, gates, a_h, h0, c0, hs, cs, c_tildes, ys, r, m, peep, gamma
 @_jit
 def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamma_c,
                   zone_h, zone_c, a_h_hat, rho_h, c_hat, rho_c, carry_h, carry_c,
-                  grad_z, grad_a_h, grad_n, h_bar, c_bar, u_bar, n_bar):  # fmt: skip
+                  grad_z, grad_a_h, grad_n, c_bar, n_bar):  # fmt: skip
     """One row of step t of the reverse loop (cells/lstm.py, "Backward of the extended
     LSTM").  In: ``grad_r`` = W_hh^T a^h-bar_{t+1}, ``carry_h`` = d^h_{t+1} h-bar_{t+1},
     ``carry_c`` = what c_t gets from step t+1.  Out: ``grad_z`` = z-bar_t, ``grad_a_h`` =
     a^h-bar_t (LN; else it is grad_z), ``grad_n`` = n-bar_t (LN), and the carries for step
-    t - 1.  ``h_bar`` ... ``n_bar`` are scratch rows of H values."""
+    t - 1.  ``c_bar``, ``n_bar``: scratch rows of H values.  Two loops, as the forward."""
     H = c_prev.shape[0]
-    use_ln = gamma_h.shape[0] > 0
-    if m.shape[0] > 0:
-        for j in range(H):
-            h_bar[j] = grad_hs[j] + carry_h[j] + m[j] * grad_r[j]
-    else:
-        for j in range(H):
-            h_bar[j] = grad_hs[j] + carry_h[j] + grad_r[j]
+    use_ln, use_peep, use_m = gamma_h.shape[0] > 0, peep.shape[1] > 0, m.shape[0] > 0
+    use_zh, use_zc = zone_h.shape[0] > 0, zone_c.shape[0] > 0
     for j in range(H):
-        c_bar[j] = grad_cs[j] + carry_c[j]
-    # Each loop below writes one array: with more, LLVM gives up the runtime checks that
-    # the arrays do not overlap, and with them the vectorisation (measured: 2x slower).
-    if zone_h.shape[0] > 0:
-        for j in range(H):
-            u_bar[j] = (1.0 - zone_h[j]) * h_bar[j]  # h~-bar, = u-bar without projection
-        for j in range(H):
-            carry_h[j] = zone_h[j] * h_bar[j]
-    else:
-        for j in range(H):
-            u_bar[j] = h_bar[j]
-        for j in range(H):
+        h_bar = grad_hs[j] + carry_h[j] + (m[j] * grad_r[j] if use_m else grad_r[j])
+        u_bar = h_bar  # h~-bar, = u-bar without projection
+        if use_zh:
+            u_bar = (1.0 - zone_h[j]) * h_bar
+            carry_h[j] = zone_h[j] * h_bar
+        else:
             carry_h[j] = 0.0
-    i_, f_, g_, o_ = z[:H], z[H : 2 * H], z[2 * H : 3 * H], z[3 * H :]
-    gi, gf, gg, go = grad_z[:H], grad_z[H : 2 * H], grad_z[2 * H : 3 * H], grad_z[3 * H :]
-    for j in range(H):
-        go[j] = u_bar[j] * y[j] * o_[j] * (1.0 - o_[j])
-    for j in range(H):
-        n_bar[j] = u_bar[j] * o_[j] * (1.0 - y[j] * y[j])
+        o, yj = z[3 * H + j], y[j]
+        grad_z[3 * H + j] = u_bar * yj * o * (1.0 - o)
+        n_bar[j] = u_bar * o * (1.0 - yj * yj)
+        c_bar[j] = grad_cs[j] + carry_c[j]
     if use_ln:
         for j in range(H):
             grad_n[j] = n_bar[j]
         _layer_norm_backward(grad_n, gamma_c, c_hat, rho_c, n_bar)
-    # c~-bar (kept in u_bar, no longer needed): (1 - d^c) c-bar + LN'(n-bar) + w_co z^o-bar
-    if zone_c.shape[0] > 0:
-        for j in range(H):
-            u_bar[j] = (1.0 - zone_c[j]) * c_bar[j] + n_bar[j]
-    else:
-        for j in range(H):
-            u_bar[j] = c_bar[j] + n_bar[j]
-    if peep.shape[1] > 0:
-        w_co = peep[2]
-        for j in range(H):
-            u_bar[j] += w_co[j] * go[j]
     for j in range(H):
-        gi[j] = u_bar[j] * g_[j] * i_[j] * (1.0 - i_[j])
-    for j in range(H):
-        gf[j] = u_bar[j] * c_prev[j] * f_[j] * (1.0 - f_[j])
-    for j in range(H):
-        gg[j] = u_bar[j] * i_[j] * (1.0 - g_[j] * g_[j])
-    for j in range(H):
-        carry_c[j] = f_[j] * u_bar[j]
-    if zone_c.shape[0] > 0:
-        for j in range(H):
-            carry_c[j] += zone_c[j] * c_bar[j]
-    if peep.shape[1] > 0:
-        w_ci, w_cf = peep[0], peep[1]
-        for j in range(H):
-            carry_c[j] += w_ci[j] * gi[j] + w_cf[j] * gf[j]
+        cb = c_bar[j]
+        # c~-bar: (1 - d^c) c-bar + LN'(n-bar) + w_co z^o-bar
+        ct_bar = ((1.0 - zone_c[j]) * cb if use_zc else cb) + n_bar[j]
+        if use_peep:
+            ct_bar += peep[2, j] * grad_z[3 * H + j]
+        i, f, g = z[j], z[H + j], z[2 * H + j]
+        gi = ct_bar * g * i * (1.0 - i)
+        gf = ct_bar * c_prev[j] * f * (1.0 - f)
+        grad_z[j] = gi
+        grad_z[H + j] = gf
+        grad_z[2 * H + j] = ct_bar * i * (1.0 - g * g)
+        cc = f * ct_bar
+        if use_zc:
+            cc += zone_c[j] * cb
+        if use_peep:
+            cc += peep[0, j] * gi + peep[1, j] * gf
+        carry_c[j] = cc
     if use_ln:
         _layer_norm_backward(grad_z, gamma_h, a_h_hat, rho_h, grad_a_h)
 
 
 @_jit
-def _backward_step(t, gates, h0, c0, cs, c_tildes, ys, grad_hs, grad_cs, grad_r, m, peep,
-                   gamma_h, gamma_c, zone_h, zone_c, a_h_hats, rstd_h, c_hats, rstd_c,
-                   carry_h, carry_c, grad_gates, grad_a_h, grad_ns, scratch):  # fmt: skip
-    """Step t of the reverse loop for every row: see :func:`_backward_row`."""
-    N = gates.shape[1]
+def _backward_rows(t, lo, hi, arrays, opts, ln, scratch):
+    """Rows ``lo:hi`` of step t of the reverse loop: see :func:`_backward_row`.
+    ``arrays``: (gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_gates,
+    grad_a_h, grad_ns); ``opts`` and ``ln`` as :func:`_forward_rows`; ``scratch`` (2, H)."""
+    gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_z, grad_a_h, grad_ns = (
+        arrays
+    )
+    m, peep, gamma_h, gamma_c, _, zone_h, zone_c = opts
+    a_h_hats, rstd_h, c_hats, rstd_c = ln
     use_ln = gamma_h.shape[0] > 0
-    for n in range(N):
+    for n in range(lo, hi):
         c_prev = c0[n] if t == 0 else cs[t - 1, n]
         rho_h = rstd_h[t, n, 0] if use_ln else 0.0
         rho_c = rstd_c[t, n, 0] if use_ln else 0.0
         _backward_row(
             gates[t, n], c_prev, ys[t, n], grad_hs[t, n], grad_cs[t, n], grad_r[n], m[n],
             peep, gamma_h, gamma_c, zone_h[t, n], zone_c[t, n], a_h_hats[t, n], rho_h,
-            c_hats[t, n], rho_c, carry_h[n], carry_c[n], grad_gates[t, n], grad_a_h[t, n],
-            grad_ns[t, n], scratch[0], scratch[1], scratch[2], scratch[3],
+            c_hats[t, n], rho_c, carry_h[n], carry_c[n], grad_z[t, n], grad_a_h[t, n],
+            grad_ns[t, n], scratch[0], scratch[1],
         )  # fmt: skip
+
+
+# One pass of a step over all rows: on this thread, or split into ``parts`` blocks of rows
+# over Numba's threads (every row is computed the same way either way, so the results do
+# not depend on the thread count).  Two functions, not one with a flag: Numba's cache keys
+# on the signature, not on the parallel option.
+@_jit
+def _forward_step(t, arrays, opts, ln):
+    _forward_rows(t, 0, arrays[0].shape[1], arrays, opts, ln)
+
+
+@_jit_parallel
+def _forward_step_threads(t, arrays, opts, ln, parts):
+    N = arrays[0].shape[1]
+    for k in prange(parts):
+        _forward_rows(t, k * N // parts, (k + 1) * N // parts, arrays, opts, ln)
+
+
+@_jit
+def _backward_step(t, arrays, opts, ln, scratch):
+    _backward_rows(t, 0, arrays[0].shape[1], arrays, opts, ln, scratch[0])
+
+
+@_jit_parallel
+def _backward_step_threads(t, arrays, opts, ln, scratch):
+    N, parts = arrays[0].shape[1], scratch.shape[0]
+    for k in prange(parts):
+        _backward_rows(t, k * N // parts, (k + 1) * N // parts, arrays, opts, ln, scratch[k])
 
 
 def _np(tensor):
     """A contiguous numpy view (a copy only where the tensor is not contiguous)."""
     return tensor.detach().contiguous().numpy()
-
-
-def _off(*shape, like):
-    """An option that is off: an array whose last axis is empty, so its rows have length 0."""
-    return np.empty((*shape, 0), dtype=like.dtype)
 
 
 class LSTMCompiledFunction(torch.autograd.Function):
@@ -295,23 +310,22 @@ class LSTMCompiledFunction(torch.autograd.Function):
         c_tildes = cs if zone_c is None else x.new_empty(T, N, H)
         ln_rows = (4 * H, 1, H, 1) if use_ln else (0, 0, 0, 0)
         a_h_hats, rstd_h, c_hats, rstd_c = (x.new_empty(T, N, k) for k in ln_rows)
-        g_np = _np(gates)
-        m_np = _off(N, like=g_np) if drop_mask is None else _np(drop_mask.expand(N, H))
         r = h0.detach().clone() if drop_mask is None else h0.detach() * drop_mask
-        a_h = x.new_empty(N, 4 * H)
-        arrays = _option_arrays(g_np, T, N, peephole, gamma_h, gamma_c, beta_c, zone_h, zone_c)
-        peep_np, gamma_h_np, gamma_c_np, beta_c_np, zone_h_np, zone_c_np = arrays
+        a_h = x.new_empty(N, 4 * H)  # r_{t-1} W_hh^T
+        opts = _option_arrays(gates, T, N, H, drop_mask, peephole, (gamma_h, gamma_c, beta_c),
+                              zone_h, zone_c)  # fmt: skip
+        arrays = tuple(map(_np, (gates, a_h, h0, c0, hs, cs, c_tildes, ys, r)))
+        ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c)))
+        parts = _parts(N)
         w_hh_t = weight_hh.detach().t()
-        hs_np, cs_np, ct_np, ys_np, r_np, a_h_np = map(_np, (hs, cs, c_tildes, ys, r, a_h))
-        h0_np, c0_np = _np(h0), _np(c0)
-        saved_ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c)))
         for t in range(T):
             torch.mm(r, w_hh_t, out=a_h)
-            _forward_step(t, g_np, a_h_np, h0_np, c0_np, hs_np, cs_np, ct_np, ys_np, r_np,
-                          m_np, peep_np, gamma_h_np, gamma_c_np, beta_c_np, zone_h_np,
-                          zone_c_np, *saved_ln)  # fmt: skip
+            if parts > 1:
+                _forward_step_threads(t, arrays, opts, ln, parts)
+            else:
+                _forward_step(t, arrays, opts, ln)
         ctx.has_bias = (bias_ih is not None, bias_hh is not None)
-        ctx.arrays = (m_np, *arrays)
+        ctx.opts = opts
         ctx.save_for_backward(
             *(x, h0, c0, weight_ih, weight_hh, peephole, drop_mask),
             *(gates, hs, cs, c_tildes, ys),
@@ -328,7 +342,6 @@ class LSTMCompiledFunction(torch.autograd.Function):
         gates, hs, cs, c_tildes, ys = saved[7:12]
         gamma_x, gamma_h, gamma_c = saved[12:15]
         a_x_hats, rstd_x, a_h_hats, rstd_h, c_hats, rstd_c = saved[15:]
-        m_np, peep_np, gamma_h_np, gamma_c_np, _, zone_h_np, zone_c_np = ctx.arrays
         T, N, _ = x.shape
         H = c0.shape[1]
         use_ln = gamma_x is not None
@@ -336,41 +349,58 @@ class LSTMCompiledFunction(torch.autograd.Function):
         grad_a_h = torch.empty_like(gates) if use_ln else grad_gates  # a^h-bar
         grad_ns = x.new_empty(T, N, H if use_ln else 0)  # n-bar, for gamma_c and beta_c
         grad_r = torch.zeros_like(h0)  # W_hh^T a^h-bar_{t+1}
-        carry_h = np.zeros((N, H), dtype=m_np.dtype)  # d^h_{t+1} h-bar_{t+1}
-        carry_c = np.zeros((N, H), dtype=m_np.dtype)  # what c_t gets from step t+1
-        scratch = np.empty((4, H), dtype=m_np.dtype)
-        g_np, dz_np, dah_np, dn_np, gr_np = map(_np, (gates, grad_gates, grad_a_h, grad_ns, grad_r))
-        ghs_np, gcs_np = _np(grad_hs), _np(grad_cs)
-        state = tuple(map(_np, (h0, c0, cs, c_tildes, ys)))
+        carry_h = torch.zeros_like(c0)  # d^h_{t+1} h-bar_{t+1}
+        carry_c = torch.zeros_like(c0)  # what c_t gets from step t+1
+        parts = _parts(N)
+        scratch = np.empty((parts, 2, H), dtype=_np(gates).dtype)
+        arrays = (gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_gates)
+        arrays = tuple(map(_np, (*arrays, grad_a_h, grad_ns)))
         ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c)))
         for t in range(T - 1, -1, -1):
-            _backward_step(t, g_np, *state, ghs_np, gcs_np, gr_np, m_np, peep_np, gamma_h_np,
-                           gamma_c_np, zone_h_np, zone_c_np, *ln, carry_h, carry_c, dz_np,
-                           dah_np, dn_np, scratch)  # fmt: skip
+            if parts > 1:
+                _backward_step_threads(t, arrays, ctx.opts, ln, scratch)
+            else:
+                _backward_step(t, arrays, ctx.opts, ln, scratch)
             torch.mm(grad_a_h[t], weight_hh, out=grad_r)
         grad_h = grad_r if drop_mask is None else grad_r * drop_mask
-        grad_h = grad_h + torch.from_numpy(carry_h)  # h0-bar = m W_hh^T a^h-bar_0 + d^h_0 h-bar_0
-        grad_c = torch.from_numpy(carry_c)
+        grad_h = grad_h + carry_h  # h0-bar = m W_hh^T a^h-bar_0 + d^h_0 h-bar_0
         return ext_parameter_grads(
             ctx.needs_input_grad,
             ctx.has_bias,
             (x, h0, c0, weight_ih, weight_hh, None, peephole, drop_mask),
-            (grad_gates, grad_a_h, grad_ns if use_ln else None, None, grad_h, grad_c),
+            (grad_gates, grad_a_h, grad_ns if use_ln else None, None, grad_h, carry_c),
             (hs, cs, c_tildes, None),
             (gamma_x, gamma_h, gamma_c, a_x_hats, rstd_x, a_h_hats, c_hats),
         )
 
 
-def _option_arrays(like, T, N, peephole, gamma_h, gamma_c, beta_c, zone_h, zone_c):
-    """Numpy arrays of the options for the compiled passes, empty rows where one is off."""
-    peep = _off(3, like=like) if peephole is None else _np(peephole)
-    if gamma_h is None:
-        gamma_h_np, gamma_c_np, beta_c_np = (np.empty(0, like.dtype) for _ in range(3))
+MIN_ROWS_PER_THREAD = 8  # below this a thread's share of a step is too small to pay
+
+
+def _parts(rows: int) -> int:
+    """How many blocks of rows a step is split into: one per thread of PyTorch's, as far
+    as Numba has threads that may run here (:func:`threads_usable`), each of at least
+    :data:`MIN_ROWS_PER_THREAD` rows."""
+    threads = min(torch.get_num_threads(), rows // MIN_ROWS_PER_THREAD)
+    if threads < 2 or not threads_usable():
+        return 1
+    threads = min(threads, numba_threads())
+    _POOL_PID[0] = _POOL_PID[0] or os.getpid()
+    return threads
+
+
+def _option_arrays(like, T, N, H, drop_mask, peephole, ln_gains, zone_h, zone_c):
+    """(m, peep, gamma_h, gamma_c, beta_c, zone_h, zone_c) as numpy arrays for the compiled
+    passes, rows of length 0 where an option is off."""
+    dtype = _np(like).dtype
+    m = np.empty((N, 0), dtype) if drop_mask is None else _np(drop_mask.expand(N, H))
+    peep = np.empty((3, 0), dtype) if peephole is None else _np(peephole)
+    if ln_gains[0] is None:
+        gains = tuple(np.empty(0, dtype) for _ in range(3))
     else:
-        gamma_h_np, gamma_c_np, beta_c_np = map(_np, (gamma_h, gamma_c, beta_c))
-    zone_h_np = _off(T, N, like=like) if zone_h is None else _np(zone_h)
-    zone_c_np = _off(T, N, like=like) if zone_c is None else _np(zone_c)
-    return peep, gamma_h_np, gamma_c_np, beta_c_np, zone_h_np, zone_c_np
+        gains = tuple(map(_np, ln_gains))
+    zones = (np.empty((T, N, 0), dtype) if z is None else _np(z) for z in (zone_h, zone_c))
+    return (m, peep, *gains, *zones)
 
 
 def lstm_compiled_sequence(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, peephole=None,

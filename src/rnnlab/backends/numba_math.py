@@ -151,3 +151,19 @@ def _sigmoid_fast_for(a, like):
     if like.dtype == types.float32:
         return lambda a, like: _HALF_32 + _HALF_32 * _tanh_rational32(_HALF_32 * np.float32(a))
     return lambda a, like: 1.0 / (1.0 + math.exp(-a))
+
+
+def numba_threads() -> int:
+    """``numba.get_num_threads()``, leaving PyTorch's thread count as it was.
+
+    The first call starts Numba's threading layer.  Where that is OpenMP it shares the
+    process's ``libgomp`` with PyTorch, and starting it sets the OpenMP thread count to
+    ``NUMBA_NUM_THREADS``: a ``torch.set_num_threads(1)`` made earlier was silently undone
+    (measured: PyTorch went from 1 thread to 2).  So PyTorch's count is put back."""
+    import torch
+
+    before = torch.get_num_threads()
+    threads = numba.get_num_threads()
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+    return threads

@@ -553,10 +553,10 @@ def run_speed(settings: Settings, out: Path | None = None, progress: bool = True
 def _numba_threads() -> int | None:
     """Numba's thread count now (None without Numba)."""
     try:
-        import numba
+        from rnnlab.backends.numba_math import numba_threads
     except Exception:  # no Numba: the generation rows say which path ran
         return None
-    return numba.get_num_threads()
+    return numba_threads()
 
 
 def _set_numba_threads(threads: int | None) -> None:
