@@ -207,18 +207,32 @@ def test_a_model_trains_on_it():
     assert losses[-1] < 0.3 * losses[0]
 
 
-def test_starting_numba_threads_leaves_torch_threads_alone():
-    """Numba's OpenMP layer shares libgomp with PyTorch: starting it once reset
-    ``torch.set_num_threads(1)`` to Numba's count.  In a fresh process, as a user's."""
+def test_numba_threads_leave_torch_openmp_settings_alone():
+    """Numba's OpenMP layer shares its settings with PyTorch's libgomp: starting it reset
+    ``torch.set_num_threads(1)`` and switched nested parallelism on (which made PyTorch's
+    small parallel operations up to 25x slower).  In fresh processes, as a user's: once
+    through :func:`numba_threads`, once through a threaded generation."""
     import subprocess
     import sys
 
-    code = (
-        "import torch; torch.set_num_threads(1)\n"
-        "from rnnlab.backends.numba_math import numba_threads\n"
-        "numba_threads()\n"
-        "print(torch.get_num_threads())\n"
+    check = (
+        "import ctypes\n"
+        "nested = ctypes.CDLL(None).omp_get_nested()\n"
+        "print(torch.get_num_threads(), nested)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "1"
+    start = "import torch; torch.set_num_threads({})\n"
+    through_helper = "from rnnlab.backends.numba_math import numba_threads\nnumba_threads()\n"
+    through_generation = (
+        "from rnnlab.models import LanguageModel, ModelConfig\n"
+        "from rnnlab.backends import numba_generate\n"
+        "numba_generate.threads_usable = lambda: True  # 2 threads at 256 units\n"
+        "model = LanguageModel(ModelConfig(vocab_size=5, hidden_size=256)).eval()\n"
+        "model.generate([1, 2], 5, greedy=True)\n"
+    )
+    cases = {"1 0": start.format(1) + through_helper, "2 0": start.format(2) + through_generation}
+    for expected, code in cases.items():
+        done = subprocess.run(
+            [sys.executable, "-c", code + check], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == expected

@@ -637,6 +637,7 @@ def generate(
     if parts > 1 and not threads_usable():
         parts = 1  # the same tokens, on one thread
     if parts > 1:
+        numba_threads()  # starts Numba's threads, keeping PyTorch's OpenMP settings
         _POOL_PID[0] = _POOL_PID[0] or os.getpid()
     packed = packed_weights(model, parts)
     dtype = packed.table.dtype
@@ -676,6 +677,8 @@ def generate(
 def compile_seconds(dtype=np.float32, parts: int = 1) -> float:
     """Compile (or load from the cache) the loop for ``dtype``, on one thread or (``parts``
     > 1) split over threads; returns the seconds it took."""
+    if parts > 1:
+        numba_threads()  # as in generate()
     start = time.perf_counter()
     _generate_chunk(
         LSTM,
