@@ -236,3 +236,17 @@ def test_numba_threads_leave_torch_openmp_settings_alone():
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip().splitlines()[-1] == expected
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, dtype):
+    """Each row is computed the same way whichever block and thread it falls in."""
+    import rnnlab.backends.numba_lstm as numba_lstm
+
+    runs = []
+    for parts in (1, 2, 3):
+        monkeypatch.setattr(numba_lstm, "_parts", lambda rows, parts=parts: parts)
+        runs.append(values_and_grads(lstm_compiled_sequence, dtype, OPTIONS))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert torch.equal(a, b)

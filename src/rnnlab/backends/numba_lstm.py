@@ -34,20 +34,24 @@ reassociation on those sums only).  Float64 results equal the reference path's t
 1e-13; float32 results equal the fused path's to float32 rounding
 (``tests/test_backends_training.py``).
 
-Each compiled pass runs on one thread (see the note at :func:`_forward_step`); the
-matmuls use PyTorch's threads.
+Threads: the matmuls use PyTorch's; each compiled pass splits the rows (the N
+sequences) over Numba's, as many as PyTorch has (:func:`_parts`).  Each row is computed
+the same way on any thread, so the results do not depend on the thread count.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numpy as np
 import torch
+from numba import prange
 from torch.autograd.function import once_differentiable
 
-from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast
+from rnnlab.backends.numba_generate import _POOL_PID, _jit_parallel, threads_usable
+from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast, numba_threads
 from rnnlab.cells.elman import _combined_bias
 from rnnlab.cells.lstm import (
     LN_EPS,
@@ -255,20 +259,32 @@ def _backward_rows(t, lo, hi, arrays, opts, ln, scratch):
         )  # fmt: skip
 
 
-# One pass of a step over all rows, on one thread.  Splitting the rows over Numba's OpenMP
-# threads made the step 10-15% faster at 2 threads, but Numba's threads come from a second
-# libgomp (the system's; PyTorch ships its own), and once they had run, PyTorch's own
-# small parallel operations in the same process ran up to 25x slower (a Python-loop LSTM
-# step: 0.11 s before, 2.5 s after).  So these passes stay serial; the matmuls between
-# them use PyTorch's threads.
+# One pass of a step over all rows: on this thread, or split into ``parts`` blocks of rows
+# over Numba's threads (every row is computed the same way either way, so the results do
+# not depend on the thread count).  Two functions, not one with a flag: Numba's cache keys
+# on the signature, not on the parallel option.
 @_jit
 def _forward_step(t, arrays, opts, ln):
     _forward_rows(t, 0, arrays[0].shape[1], arrays, opts, ln)
 
 
+@_jit_parallel
+def _forward_step_threads(t, arrays, opts, ln, parts):
+    N = arrays[0].shape[1]
+    for k in prange(parts):
+        _forward_rows(t, k * N // parts, (k + 1) * N // parts, arrays, opts, ln)
+
+
 @_jit
 def _backward_step(t, arrays, opts, ln, scratch):
-    _backward_rows(t, 0, arrays[0].shape[1], arrays, opts, ln, scratch)
+    _backward_rows(t, 0, arrays[0].shape[1], arrays, opts, ln, scratch[0])
+
+
+@_jit_parallel
+def _backward_step_threads(t, arrays, opts, ln, scratch):
+    N, parts = arrays[0].shape[1], scratch.shape[0]
+    for k in prange(parts):
+        _backward_rows(t, k * N // parts, (k + 1) * N // parts, arrays, opts, ln, scratch[k])
 
 
 def _np(tensor):
@@ -302,10 +318,14 @@ class LSTMCompiledFunction(torch.autograd.Function):
                               zone_h, zone_c)  # fmt: skip
         arrays = tuple(map(_np, (gates, a_h, h0, c0, hs, cs, c_tildes, ys, r)))
         ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c)))
+        parts = _parts(N)
         w_hh_t = weight_hh.detach().t()
         for t in range(T):
             torch.mm(r, w_hh_t, out=a_h)
-            _forward_step(t, arrays, opts, ln)
+            if parts > 1:
+                _forward_step_threads(t, arrays, opts, ln, parts)
+            else:
+                _forward_step(t, arrays, opts, ln)
         ctx.has_bias = (bias_ih is not None, bias_hh is not None)
         ctx.opts = opts
         ctx.save_for_backward(
@@ -333,12 +353,16 @@ class LSTMCompiledFunction(torch.autograd.Function):
         grad_r = torch.zeros_like(h0)  # W_hh^T a^h-bar_{t+1}
         carry_h = torch.zeros_like(c0)  # d^h_{t+1} h-bar_{t+1}
         carry_c = torch.zeros_like(c0)  # what c_t gets from step t+1
-        scratch = np.empty((2, H), dtype=_np(gates).dtype)
+        parts = _parts(N)
+        scratch = np.empty((parts, 2, H), dtype=_np(gates).dtype)
         arrays = (gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_gates)
         arrays = tuple(map(_np, (*arrays, grad_a_h, grad_ns)))
         ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c)))
         for t in range(T - 1, -1, -1):
-            _backward_step(t, arrays, ctx.opts, ln, scratch)
+            if parts > 1:
+                _backward_step_threads(t, arrays, ctx.opts, ln, scratch)
+            else:
+                _backward_step(t, arrays, ctx.opts, ln, scratch)
             torch.mm(grad_a_h[t], weight_hh, out=grad_r)
         grad_h = grad_r if drop_mask is None else grad_r * drop_mask
         grad_h = grad_h + carry_h  # h0-bar = m W_hh^T a^h-bar_0 + d^h_0 h-bar_0
@@ -350,6 +374,22 @@ class LSTMCompiledFunction(torch.autograd.Function):
             (hs, cs, c_tildes, None),
             (gamma_x, gamma_h, gamma_c, a_x_hats, rstd_x, a_h_hats, c_hats),
         )
+
+
+MIN_ROWS_PER_THREAD = 8  # below this a thread's share of a step is too small to pay
+
+
+def _parts(rows: int) -> int:
+    """How many blocks of rows a step is split into: one per thread of PyTorch's, as far
+    as Numba has threads that may run here (``numba_generate.threads_usable``: OpenMP or
+    TBB, and not in a process forked after the threads started), each of at least
+    :data:`MIN_ROWS_PER_THREAD` rows."""
+    threads = min(torch.get_num_threads(), rows // MIN_ROWS_PER_THREAD)
+    if threads < 2 or not threads_usable():
+        return 1
+    threads = min(threads, numba_threads())
+    _POOL_PID[0] = _POOL_PID[0] or os.getpid()
+    return threads
 
 
 def _option_arrays(like, T, N, H, drop_mask, peephole, ln_gains, zone_h, zone_c):
