@@ -13,7 +13,7 @@ import torch
 
 from rnnlab import GRU, LSTM, RNN, JordanRNN
 from rnnlab.cli.main import main
-from rnnlab.dropout import Dropout, dropout
+from rnnlab.dropout import Dropout, bernoulli_mask, dropout
 from rnnlab.models import ModelConfig
 from rnnlab.training import TrainConfig, load_config, train
 from rnnlab.training import precision as precision_module
@@ -193,6 +193,20 @@ def test_dropout_rate_and_scale(p):
     kept = y[y != 0]
     assert torch.all(kept == 65536 / (65536 - cut))  # scaled by the exact keep rate
     assert abs(y.double().mean().item() - 1.0) < 0.02
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5, 0.9])
+def test_bernoulli_mask_rate_values_and_edges(p):
+    """The zoneout masks: 0/1 in the asked dtype, 1 with probability p (to 2^-16)."""
+    torch.manual_seed(0)
+    like = torch.zeros(1, dtype=torch.float64)
+    mask = bernoulli_mask((7, 11, 5_003), p, like)  # not a multiple of 4
+    assert mask.shape == (7, 11, 5_003) and mask.dtype == torch.float64
+    assert torch.all((mask == 0) | (mask == 1))
+    rate = 1 - round((1 - p) * 65536) / 65536
+    assert abs(mask.mean().item() - rate) < 5 * (p * (1 - p) / mask.numel()) ** 0.5
+    assert torch.equal(bernoulli_mask((3, 4), 0.0, like), torch.zeros(3, 4, dtype=torch.float64))
+    assert torch.equal(bernoulli_mask((3, 4), 1.0, like), torch.ones(3, 4, dtype=torch.float64))
 
 
 def test_dropout_gradient_uses_the_same_mask():

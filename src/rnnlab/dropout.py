@@ -34,12 +34,30 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     cut = round(p * _LEVELS)
     if x.device.type != "cpu" or cut <= 0 or cut >= _LEVELS or x.numel() == 0:
         return F.dropout(x, p, training=True)
-    n = x.numel()
+    keep = _keep_bits(x.shape, cut).to(x.dtype)
+    return x * keep.mul_(_LEVELS / (_LEVELS - cut))
+
+
+def bernoulli_mask(shape, p: float, like: Tensor) -> Tensor:
+    """0/1 values of ``like``'s dtype and device, each 1 with probability ``p``: the
+    masks of zoneout and recurrent dropout.  On the CPU from 16 random bits per value as
+    above (``p`` rounded to a multiple of 2^-16; 0 and 1 exact), elsewhere
+    ``torch.bernoulli``."""
+    cut = round((1.0 - p) * _LEVELS)  # values below the cut are 0
+    if like.device.type != "cpu" or cut <= 0 or cut >= _LEVELS:
+        return torch.bernoulli(like.new_full(tuple(shape), float(p)))
+    return _keep_bits(tuple(shape), cut).to(like.dtype)
+
+
+def _keep_bits(shape, cut: int) -> Tensor:
+    """True with probability 1 - cut / 2^16, independently for each of ``shape``."""
+    n = 1
+    for size in shape:
+        n *= size
     # random_() alone stops at 2^63 - 1, which would leave every fourth sign bit at 0.
     draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    bits = draws.view(torch.int16)[:n].view(x.shape)
-    keep = (bits >= cut - _LEVELS // 2).to(x.dtype)
-    return x * keep.mul_(_LEVELS / (_LEVELS - cut))
+    bits = draws.view(torch.int16)[:n].view(shape)
+    return bits >= cut - _LEVELS // 2
 
 
 class Dropout(nn.Module):

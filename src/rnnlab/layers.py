@@ -84,7 +84,7 @@ from rnnlab.cells.pascanu import (
     pascanu_sequence_reference,
     pascanu_step,
 )
-from rnnlab.dropout import dropout
+from rnnlab.dropout import bernoulli_mask, dropout
 from rnnlab.init import Init, apply_init
 
 BACKENDS = TRAINING_BACKENDS  # ("auto", "fused", "reference", "torch", "numba")
@@ -752,13 +752,12 @@ class LSTM(_Stack):
         T, N = x.shape[:2]
         rows, steps = {}, {}
         if self.training and self.recurrent_dropout > 0:
-            keep = 1.0 - self.recurrent_dropout
-            mask = torch.bernoulli(x.new_full((N, self.output_size), keep))
-            rows["drop"] = mask / keep
+            # inverted-dropout mask (0 or 1/keep), drawn as rnnlab.dropout does
+            rows["drop"] = dropout(x.new_ones(N, self.output_size), self.recurrent_dropout)
         if self.training and any(self.zoneout):
             zh, zc = self.zoneout
-            steps["zone_h"] = torch.bernoulli(x.new_full((T, N, self.output_size), zh))
-            steps["zone_c"] = torch.bernoulli(x.new_full((T, N, self.hidden_size), zc))
+            steps["zone_h"] = bernoulli_mask((T, N, self.output_size), zh, x)
+            steps["zone_c"] = bernoulli_mask((T, N, self.hidden_size), zc, x)
 
         if lengths is not None and self.backend_choice().name == "torch":
             return self._run_torch(x, state, params, lengths)  # packed: one kernel call
