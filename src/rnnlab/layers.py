@@ -846,7 +846,10 @@ class GRU(_Stack):
         path = self.backend_choice().name
         if path == "torch":
             return self._run_torch(x, state, params)
-        run = gru_sequence if path == "fused" else gru_sequence_reference
+        if path == "numba":  # imported here: importing Numba costs a second
+            from rnnlab.backends.numba_gru import gru_compiled_sequence as run
+        else:
+            run = gru_sequence if path == "fused" else gru_sequence_reference
         p = params
         hs = run(x, state[0], *_weights(p), self.form)
         return hs, (hs[-1],)

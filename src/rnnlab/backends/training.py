@@ -16,9 +16,10 @@ The layers of :mod:`rnnlab.layers` (``RNN``, ``LSTM``, ``GRU``, ``PascanuRNN``,
 ``auto`` (the default) takes the fastest of these that computes the same function, by
 the rule in :func:`choose_training_backend`: ``torch`` for the plain LSTM on every device
 and for every counterpart on a GPU (cuDNN); ``numba`` for the LSTM with peepholes, layer
-norm, zoneout or recurrent dropout on the CPU (faster than ``fused`` for each, measured in
-docs/performance.md); ``fused`` for GRU and Elman layers on the CPU, where the
-hand-derived path measured faster than PyTorch's kernel; ``fused`` for everything else
+norm, zoneout or recurrent dropout and for the torch-form GRU on the CPU (faster than
+``fused`` for each, and the GRU faster than ``torch.nn.GRU``: docs/performance.md);
+``fused`` for Elman layers on the CPU, where the hand-derived path measured faster than
+PyTorch's kernel; ``fused`` for everything else
 without a ``torch.nn`` counterpart (the projected LSTM with options, the GRU's Cho form,
 the sigmoid Elman layer, the Pascanu and Jordan layers), and wherever Numba cannot be
 imported.  No path changes results beyond floating-point rounding: the tests hold
@@ -34,8 +35,11 @@ from rnnlab.backends import BackendChoice, numba_import_error
 TRAINING_BACKENDS = ("auto", "fused", "reference", "torch", "numba")
 
 # Cells whose fused path measured faster than PyTorch's kernel on the CPU, at every issue-8
-# shape, at 1 and 2 threads (docs/performance.md, "Choosing the training path").
+# shape, at 1 and 2 threads (docs/performance.md, "Choosing the training path"); and those
+# whose compiled path (backend "numba") measured faster still (the GRU: 0.18-0.89 of
+# torch.nn.GRU's time against 0.57-1.06 for fused).
 FUSED_WINS_ON_CPU = ("gru", "rnn")
+NUMBA_WINS_ON_CPU = ("gru",)
 
 
 def torch_counterpart(layer) -> tuple[str | None, str]:
@@ -89,6 +93,8 @@ def choose_training_backend(layer, backend: str | None = None) -> BackendChoice:
         return BackendChoice("fused", why)
     if device.type != "cpu":
         return BackendChoice("torch", f"{why} on {device.type}")
+    if layer.cell_kind in NUMBA_WINS_ON_CPU and numba_unsupported(layer) is None:
+        return BackendChoice("numba", "compiled steps, faster than torch.nn's kernel on the CPU")
     if layer.cell_kind in FUSED_WINS_ON_CPU:
         return BackendChoice("fused", "faster than torch.nn's kernel on the CPU")
     return BackendChoice("torch", f"{why}, faster than fused on the CPU")
@@ -96,10 +102,13 @@ def choose_training_backend(layer, backend: str | None = None) -> BackendChoice:
 
 def numba_unsupported(layer) -> str | None:
     """Why the compiled LSTM path (``backend="numba"``) cannot run ``layer``, or None."""
-    if getattr(layer, "cell_kind", None) != "lstm":
-        return f"it runs LSTM layers only, not {type(layer).__name__}"
-    if layer.proj_size:
+    kind = getattr(layer, "cell_kind", None)
+    if kind not in ("lstm", "gru"):
+        return f"it runs LSTM and GRU layers only, not {type(layer).__name__}"
+    if kind == "lstm" and layer.proj_size:
         return "it has no projection (proj_size); use backend='fused'"
+    if kind == "gru" and layer.form != "torch":
+        return "it runs the GRU's torch form only, not 'cho'; use backend='fused'"
     device, dtype = _device(layer), _dtype(layer)
     if device.type != "cpu":
         return f"it runs on the CPU; this layer is on {device.type}"

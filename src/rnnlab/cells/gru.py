@@ -219,7 +219,7 @@ def _update_gate_grads(grad_h, h_prev, z, n, grad_z, grad_n):
 
 
 def _backward_torch(needs, grad_hs, x, h0, weight_ih, weight_hh, gates, us, hs):
-    T, N, I = x.shape
+    T = x.shape[0]
     H = hs.shape[2]
     grad_gates = torch.empty_like(gates)  # delta_t of every step, (T, N, 3H)
     grad_recurrent = torch.empty_like(gates)  # delta^h_t of every step, (T, N, 3H)
@@ -234,16 +234,28 @@ def _backward_torch(needs, grad_hs, x, h0, weight_ih, weight_hh, gates, us, hs):
         grad_recurrent[t, :, : 2 * H] = grad_gates[t, :, : 2 * H]
         torch.mul(grad_n, r, out=grad_recurrent[t, :, 2 * H :])
         grad_h = torch.addmm(grad_h * z, grad_recurrent[t], weight_hh)
+    return torch_form_grads(needs, x, h0, hs, weight_ih, grad_gates, grad_recurrent, grad_h)
+
+
+def torch_form_grads(needs, x, h0, hs, weight_ih, grad_gates, grad_recurrent, grad_h):
+    """The torch form's gradients after the reverse loop, one matmul or sum each:
+    ``(grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)`` from delta
+    (``grad_gates``) and delta^h (``grad_recurrent``), both (T, N, 3H).  Shared by the
+    fused and the compiled (:mod:`rnnlab.backends.numba_gru`) backward."""
+    T, N, I = x.shape
+    H = hs.shape[2]
     delta = grad_gates.view(T * N, 3 * H)
     delta_h = grad_recurrent.view(T * N, 3 * H)
     grad_x = grad_w_ih = grad_w_hh = grad_b_ih = grad_b_hh = None
+    # (x^T delta)^T rather than delta^T x: the same sums, faster for these long, thin
+    # operands (see rnnlab.cells.lstm.ext_parameter_grads)
     if needs[0]:
         grad_x = (delta @ weight_ih).view(T, N, I)
     if needs[2]:
-        grad_w_ih = delta.t() @ x.reshape(T * N, I)
+        grad_w_ih = (x.reshape(T * N, I).t() @ delta).t()
     if needs[3]:
         h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]).view(T * N, H)
-        grad_w_hh = delta_h.t() @ h_prev
+        grad_w_hh = (h_prev.t() @ delta_h).t()
     if needs[4]:
         grad_b_ih = delta.sum(0)
     if needs[5]:

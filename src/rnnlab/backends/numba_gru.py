@@ -1,0 +1,190 @@
+r"""Compiled training path of the GRU in the torch form (Numba): ``backend="numba"``.
+
+The equations, the hand-derived backward and the names are those of
+:mod:`rnnlab.cells.gru`, torch form (``torch.nn.GRU``'s):
+:math:`n_t = \tanh(a^n_t + r_t \odot u_t)` with :math:`u_t = W_{hn} h_{t-1} + b_{hn}`.
+The Cho form puts a second matmul inside the step (after the reset gate) and takes the
+fused path.
+
+As in :mod:`rnnlab.backends.numba_lstm`, each step is one PyTorch matmul and one compiled
+pass over the step's element-wise work, row by row:
+
+* forward: :math:`W_{hh} h_{t-1} + b_{hh}` (PyTorch), then :func:`_forward_row`: r and z,
+  :math:`u_t`, n, and :math:`h_t = n_t + z_t \odot (h_{t-1} - n_t)`;
+* backward: :func:`_backward_row` from :math:`\bar h_t` to :math:`\delta_t` and
+  :math:`\delta^h_t` (cells/gru.py, "Backward", torch form), then PyTorch's
+  :math:`W_{hh}^\top \delta^h_t` for step t - 1.
+
+The input side is one matmul over all steps, and the weight gradients are
+:func:`rnnlab.cells.gru.torch_form_grads`, the fused path's own code.  Float32 layers
+take their gates from the float32 rational tanh of :mod:`rnnlab.backends.numba_math`
+(tanh within 4.1e-7, sigmoid within 2.3e-7), float64 layers from libm.  Rows are split
+over Numba's threads as in the LSTM path (:func:`rnnlab.backends.numba_lstm._parts`);
+results do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import torch
+from numba import prange
+from torch.autograd.function import once_differentiable
+
+from rnnlab.backends.numba_generate import _jit_parallel
+from rnnlab.backends.numba_lstm import _np, _parts
+from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast
+from rnnlab.cells.gru import torch_form_grads
+
+
+@_jit
+def _forward_row(g, rec, h_prev, u, h):
+    """One row of step t.  ``g`` holds a_t = W_ih x_t + b_ih and leaves as [r, z, n];
+    ``rec`` = W_hh h_{t-1} + b_hh; out: ``u`` = u_t, ``h`` = h_t.  Each loop writes one
+    array, so that LLVM vectorises it (see numba_lstm._forward_row)."""
+    H = h.shape[0]
+    g_rz, g_r, g_z, g_n = g[: 2 * H], g[:H], g[H : 2 * H], g[2 * H :]
+    for j in range(2 * H):
+        g_rz[j] = _sigmoid_fast(g_rz[j] + rec[j], g)
+    for j in range(H):
+        u[j] = rec[2 * H + j]
+    for j in range(H):
+        g_n[j] = _tanh_fast(g_n[j] + g_r[j] * u[j], g)
+    for j in range(H):
+        h[j] = g_n[j] + g_z[j] * (h_prev[j] - g_n[j])
+
+
+@_jit
+def _forward_rows(t, lo, hi, gates, rec, h0, us, hs):
+    for n in range(lo, hi):
+        h_prev = h0[n] if t == 0 else hs[t - 1, n]
+        _forward_row(gates[t, n], rec[n], h_prev, us[t, n], hs[t, n])
+
+
+@_jit
+def _backward_row(g, u, h_prev, grad_hs, grad_r, carry, delta, delta_h):
+    """One row of step t of the reverse loop.  In: ``grad_r`` = W_hh^T delta^h_{t+1},
+    ``carry`` = h-bar_{t+1} z_{t+1}.  Out: ``delta`` = delta_t, ``delta_h`` = delta^h_t
+    and the carry for step t - 1.  One loop of scalars: no calls in it."""
+    H = h_prev.shape[0]
+    for j in range(H):
+        r, z, n = g[j], g[H + j], g[2 * H + j]
+        h_bar = grad_hs[j] + carry[j] + grad_r[j]
+        d_n = h_bar * (1.0 - z) * (1.0 - n * n)
+        d_z = h_bar * (h_prev[j] - n) * z * (1.0 - z)
+        d_r = d_n * u[j] * r * (1.0 - r)
+        delta[j] = d_r
+        delta[H + j] = d_z
+        delta[2 * H + j] = d_n
+        delta_h[j] = d_r
+        delta_h[H + j] = d_z
+        delta_h[2 * H + j] = d_n * r
+        carry[j] = h_bar * z
+
+
+@_jit
+def _backward_rows(t, lo, hi, gates, us, h0, hs, grad_hs, grad_r, carry, delta, delta_h):
+    for n in range(lo, hi):
+        h_prev = h0[n] if t == 0 else hs[t - 1, n]
+        _backward_row(gates[t, n], us[t, n], h_prev, grad_hs[t, n], grad_r[n], carry[n],
+                      delta[t, n], delta_h[t, n])  # fmt: skip
+
+
+# A step over all rows, serial or in ``parts`` blocks over Numba's threads (see the note
+# at numba_lstm._forward_step on why these are separate functions).
+@_jit
+def _forward_step(t, gates, rec, h0, us, hs):
+    _forward_rows(t, 0, gates.shape[1], gates, rec, h0, us, hs)
+
+
+@_jit_parallel
+def _forward_step_threads(t, gates, rec, h0, us, hs, parts):
+    N = gates.shape[1]
+    for k in prange(parts):
+        _forward_rows(t, k * N // parts, (k + 1) * N // parts, gates, rec, h0, us, hs)
+
+
+@_jit
+def _backward_step(t, arrays):
+    _backward_rows(t, 0, arrays[0].shape[1], *arrays)
+
+
+@_jit_parallel
+def _backward_step_threads(t, arrays, parts):
+    N = arrays[0].shape[1]
+    for k in prange(parts):
+        _backward_rows(t, k * N // parts, (k + 1) * N // parts, *arrays)
+
+
+class GRUCompiledFunction(torch.autograd.Function):
+    """The torch-form GRU's forward and hand-derived backward, each step one matmul and
+    one compiled pass.  ``apply(x, h0, weight_ih, weight_hh, bias_ih, bias_hh)``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh):
+        T, N, I = x.shape
+        H = weight_hh.shape[1]
+        # a_t for every step: x (TN, I) times a contiguous W_ih^T, then + b_ih
+        gates = torch.mm(x.reshape(T * N, I), weight_ih.t().contiguous()).view(T, N, 3 * H)
+        if bias_ih is not None:
+            gates.add_(bias_ih)
+        hs = x.new_empty(T, N, H)
+        us = x.new_empty(T, N, H)  # u_t = W_hn h_{t-1} + b_hn, for r-bar
+        rec = x.new_empty(N, 3 * H)  # W_hh h_{t-1} + b_hh of the current step
+        arrays = tuple(map(_np, (gates, rec, h0, us, hs)))
+        parts = _parts(N)
+        w_hh_t = weight_hh.detach().t()
+        h = h0.detach()
+        for t in range(T):
+            if bias_hh is None:
+                torch.mm(h, w_hh_t, out=rec)
+            else:
+                torch.addmm(bias_hh.detach(), h, w_hh_t, out=rec)
+            if parts > 1:
+                _forward_step_threads(t, *arrays, parts)
+            else:
+                _forward_step(t, *arrays)
+            h = hs[t]
+        ctx.has_bias = (bias_ih is not None, bias_hh is not None)
+        ctx.save_for_backward(x, h0, weight_ih, weight_hh, gates, us, hs)
+        return hs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_hs):
+        x, h0, weight_ih, weight_hh, gates, us, hs = ctx.saved_tensors
+        delta = torch.empty_like(gates)  # delta_t of every step, (T, N, 3H)
+        delta_h = torch.empty_like(gates)  # delta^h_t of every step
+        grad_r = torch.zeros_like(h0)  # W_hh^T delta^h_{t+1}
+        carry = torch.zeros_like(h0)  # h-bar_{t+1} z_{t+1}
+        arrays = (gates, us, h0, hs, grad_hs, grad_r, carry, delta, delta_h)
+        arrays = tuple(map(_np, arrays))
+        parts = _parts(x.shape[1])
+        for t in range(x.shape[0] - 1, -1, -1):
+            if parts > 1:
+                _backward_step_threads(t, arrays, parts)
+            else:
+                _backward_step(t, arrays)
+            torch.mm(delta_h[t], weight_hh, out=grad_r)
+        needs = ctx.needs_input_grad
+        grads = torch_form_grads(needs, x, h0, hs, weight_ih, delta, delta_h, carry + grad_r)
+        grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads
+        return (
+            grad_x,
+            grad_h0 if needs[1] else None,
+            grad_w_ih,
+            grad_w_hh,
+            grad_b_ih if ctx.has_bias[0] else None,
+            grad_b_hh if ctx.has_bias[1] else None,
+        )
+
+
+def gru_compiled_sequence(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, form="torch"):
+    """The torch-form GRU through the compiled path: hs (T, N, H).  Arguments as
+    :func:`rnnlab.cells.gru.gru_sequence`; CPU tensors, float32 or float64."""
+    if form != "torch":
+        raise ValueError("the numba GRU path computes the 'torch' form only; use fused")
+    if x.device.type != "cpu":
+        raise ValueError(f"the numba GRU path runs on the CPU; the input is on {x.device}")
+    return GRUCompiledFunction.apply(x, h0, weight_ih, weight_hh, bias_ih, bias_hh)
+
+
+__all__ = ["GRUCompiledFunction", "gru_compiled_sequence"]
