@@ -1,4 +1,4 @@
-"""Training backends of the layers (``backend="auto" | "fused" | "reference" | "torch"``).
+"""Training backends of the layers (``backend="auto" | "fused" | "reference" | "torch" | "numba"``).
 
 Every path that can run a configuration passes the four tiers the reference passes:
 float64 agreement with ``backend="reference"`` (outputs, final states and the gradients of
@@ -33,7 +33,7 @@ COUNTERPARTS = {
     "rnn-tanh": (rnnlab.RNN, torch.nn.RNN, {"nonlinearity": "tanh"}),
     "rnn-relu": (rnnlab.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
 }
-# configurations torch.nn cannot compute: auto must stay on fused, "torch" must refuse
+# configurations torch.nn cannot compute: auto must not take torch, "torch" must refuse
 NO_COUNTERPART = {
     "lstm-peephole": (rnnlab.LSTM, {"peephole": True}),
     "lstm-layer-norm": (rnnlab.LSTM, {"layer_norm": True}),
@@ -222,6 +222,22 @@ def test_torch_and_auto_paths_match_torch_nn(cell, bidirectional, varlen, dtype)
 # -- tier 4: chunked equals whole ----------------------------------------------------------
 
 
+NUMBA_CASES = [case for case in CASES if case[0] != "lstm-proj"]  # no projection there
+
+
+@pytest.mark.parametrize("cell, bidirectional, varlen, batch_first", NUMBA_CASES)
+def test_numba_path_equals_the_reference_in_float64(cell, bidirectional, varlen, batch_first):
+    """The compiled path through the same cases (its own files test the options)."""
+    test_fast_paths_equal_the_reference_in_float64(
+        "numba", cell, bidirectional, varlen, batch_first
+    )
+
+
+@pytest.mark.parametrize("cell", [c for c in COUNTERPARTS if c != "lstm-proj"])
+def test_numba_path_chunked_equals_whole(cell):
+    test_chunked_equals_whole_with_state_carried(cell, "numba")
+
+
 @pytest.mark.parametrize("backend", FAST_PATHS)
 @pytest.mark.parametrize("cell", list(COUNTERPARTS))
 def test_chunked_equals_whole_with_state_carried(cell, backend):
@@ -246,8 +262,8 @@ def test_chunked_equals_whole_with_state_carried(cell, backend):
         ("lstm", "torch"),
         ("lstm-proj", "torch"),
         ("gru", "numba"),
-        ("rnn-tanh", "fused"),
-        ("rnn-relu", "fused"),
+        ("rnn-tanh", "numba"),
+        ("rnn-relu", "numba"),
     ],
 )
 def test_auto_on_the_cpu(cell, expected):
@@ -268,8 +284,9 @@ def test_auto_never_takes_torch_without_a_counterpart(name):
     cls, kw = NO_COUNTERPART[name]
     layer = cls(I, H, **kw)
     choice = layer.backend_choice()
-    # the LSTM's options take the compiled steps on the CPU; the rest the fused path
-    assert choice.name == ("numba" if name.startswith("lstm-") else "fused")
+    # the LSTM's options and the sigmoid Elman layer take the compiled steps on the CPU
+    compiled = name.startswith("lstm-") or name == "rnn-sigmoid"
+    assert choice.name == ("numba" if compiled else "fused")
     assert choice.reason  # says why
     with pytest.raises(ValueError, match="backend 'torch' cannot run this layer"):
         cls(I, H, backend="torch", **kw)

@@ -613,7 +613,10 @@ class RNN(_Stack):
         path = self.backend_choice().name
         if path == "torch":
             return self._run_torch(x, state, params)
-        run = elman_sequence if path == "fused" else elman_sequence_reference
+        if path == "numba":  # imported here: importing Numba costs a second
+            from rnnlab.backends.numba_elman import elman_compiled_sequence as run
+        else:
+            run = elman_sequence if path == "fused" else elman_sequence_reference
         p = params
         hs = run(x, state[0], *_weights(p), self.nonlinearity)
         return hs, (hs[-1],)

@@ -43,7 +43,9 @@ class BackendChoice:
 def numba_import_error() -> str | None:
     """None when Numba imports (and the compiled loops with it), else why not."""
     try:
+        import rnnlab.backends.numba_elman  # noqa: F401
         import rnnlab.backends.numba_generate  # noqa: F401
+        import rnnlab.backends.numba_gru  # noqa: F401
         import rnnlab.backends.numba_lstm  # noqa: F401
     except Exception as exc:  # ImportError, or a broken llvmlite
         return f"{type(exc).__name__}: {exc}".splitlines()[0]

@@ -13,17 +13,21 @@ The layers of :mod:`rnnlab.layers` (``RNN``, ``LSTM``, ``GRU``, ``PascanuRNN``,
                LSTM, with or without ``proj_size``; GRU in the torch form; Elman with tanh or
                relu).  On the CPU in float32 PyTorch runs the LSTM through oneDNN.
 
+``numba``      the LSTM (any of its options, no ``proj_size``), the torch-form GRU and
+               the Elman layer on the CPU in float32 or float64: each step one PyTorch
+               matmul and one compiled pass over the step's element-wise work, forward
+               and backward (:mod:`rnnlab.backends.numba_lstm`, ``numba_gru``,
+               ``numba_elman``).
+
 ``auto`` (the default) takes the fastest of these that computes the same function, by
 the rule in :func:`choose_training_backend`: ``torch`` for the plain LSTM on every device
-and for every counterpart on a GPU (cuDNN); ``numba`` for the LSTM with peepholes, layer
-norm, zoneout or recurrent dropout and for the torch-form GRU on the CPU (faster than
-``fused`` for each, and the GRU faster than ``torch.nn.GRU``: docs/performance.md);
-``fused`` for Elman layers on the CPU, where the hand-derived path measured faster than
-PyTorch's kernel; ``fused`` for everything else
-without a ``torch.nn`` counterpart (the projected LSTM with options, the GRU's Cho form,
-the sigmoid Elman layer, the Pascanu and Jordan layers), and wherever Numba cannot be
-imported.  No path changes results beyond floating-point rounding: the tests hold
-``fused`` and ``torch`` to the reference at 1e-10 in float64.
+and for every counterpart on a GPU (cuDNN); ``numba`` on the CPU for the LSTM with
+peepholes, layer norm, zoneout or recurrent dropout, the torch-form GRU and every Elman
+layer (faster than ``fused`` for each, and the GRU and Elman layers faster than
+``torch.nn``'s kernels: docs/performance.md); ``fused`` for everything else (the projected
+LSTM with options, the GRU's Cho form, the Pascanu and Jordan layers), and wherever Numba
+cannot be imported.  No path changes results beyond floating-point rounding: the tests
+hold ``fused``, ``numba`` and ``torch`` to the reference at 1e-10 in float64.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ TRAINING_BACKENDS = ("auto", "fused", "reference", "torch", "numba")
 # Cells whose fused path measured faster than PyTorch's kernel on the CPU, at every issue-8
 # shape, at 1 and 2 threads (docs/performance.md, "Choosing the training path"); and those
 # whose compiled path (backend "numba") measured faster still (the GRU: 0.18-0.89 of
-# torch.nn.GRU's time against 0.57-1.06 for fused).
+# torch.nn.GRU's time against 0.57-1.06 for fused; the Elman layer 0.35-0.82 against
+# 0.67-0.96).  The fused path remains where Numba cannot be imported.
 FUSED_WINS_ON_CPU = ("gru", "rnn")
-NUMBA_WINS_ON_CPU = ("gru",)
+NUMBA_WINS_ON_CPU = ("gru", "rnn")
 
 
 def torch_counterpart(layer) -> tuple[str | None, str]:
@@ -88,7 +93,7 @@ def choose_training_backend(layer, backend: str | None = None) -> BackendChoice:
         return BackendChoice("torch", why)
     device = _device(layer)
     if kernel is None:
-        if getattr(layer, "cell_kind", None) == "lstm" and numba_unsupported(layer) is None:
+        if numba_unsupported(layer) is None:
             return BackendChoice("numba", f"{why}; compiled steps beat fused on the CPU")
         return BackendChoice("fused", why)
     if device.type != "cpu":
@@ -101,10 +106,10 @@ def choose_training_backend(layer, backend: str | None = None) -> BackendChoice:
 
 
 def numba_unsupported(layer) -> str | None:
-    """Why the compiled LSTM path (``backend="numba"``) cannot run ``layer``, or None."""
+    """Why the compiled path (``backend="numba"``) cannot run ``layer``, or None."""
     kind = getattr(layer, "cell_kind", None)
-    if kind not in ("lstm", "gru"):
-        return f"it runs LSTM and GRU layers only, not {type(layer).__name__}"
+    if kind not in ("lstm", "gru", "rnn"):
+        return f"it runs LSTM, GRU and Elman layers only, not {type(layer).__name__}"
     if kind == "lstm" and layer.proj_size:
         return "it has no projection (proj_size); use backend='fused'"
     if kind == "gru" and layer.form != "torch":

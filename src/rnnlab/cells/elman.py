@@ -122,8 +122,9 @@ class ElmanFunction(torch.autograd.Function):
         H = weight_hh.shape[0]
         act_ = _ACTIVATIONS_[nonlinearity]
         bias = _combined_bias(bias_ih, bias_hh, x)
-        # Input projections of all steps in one matmul; the bias rides along.
-        hs = torch.addmm(bias, x.reshape(T * N, -1), weight_ih.t()).view(T, N, H)
+        # Input projections of all steps in one matmul (against a contiguous W_ih^T: see
+        # rnnlab.cells.lstm.ext_input_gates), then the bias.
+        hs = torch.mm(x.reshape(T * N, -1), weight_ih.t().contiguous()).add_(bias).view(T, N, H)
         w_hh_t = weight_hh.t()
         h = h0
         for t in range(T):
@@ -139,30 +140,40 @@ class ElmanFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_hs):
         x, h0, weight_ih, weight_hh, hs = ctx.saved_tensors
-        T, N, I = x.shape
-        H = weight_hh.shape[0]
+        T = x.shape[0]
         grad_a = torch.empty_like(hs)  # delta_t for every step
         grad_h = torch.zeros_like(h0)  # W_hh^T delta_{t+1}, flowing back from step t+1
         for t in range(T - 1, -1, -1):
             grad_h = grad_h + grad_hs[t]
             torch.mul(grad_h, _activation_grad(hs[t], ctx.nonlinearity), out=grad_a[t])
             grad_h = grad_a[t] @ weight_hh
-        grad_x = grad_h0 = grad_w_ih = grad_w_hh = grad_b_ih = grad_b_hh = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (grad_a.view(T * N, H) @ weight_ih).view(T, N, I)
-        if ctx.needs_input_grad[1]:
-            grad_h0 = grad_h
-        delta = grad_a.view(T * N, H)
-        if ctx.needs_input_grad[2]:
-            grad_w_ih = delta.t() @ x.reshape(T * N, I)
-        if ctx.needs_input_grad[3]:
-            h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]).view(T * N, H)
-            grad_w_hh = delta.t() @ h_prev
-        if any(ctx.needs_input_grad[4:6]):
-            grad_b = delta.sum(0)
-            grad_b_ih = grad_b if ctx.has_bias[0] else None
-            grad_b_hh = grad_b if ctx.has_bias[1] else None
-        return grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, None
+        return elman_grads(ctx.needs_input_grad, ctx.has_bias, x, h0, hs, weight_ih, grad_a, grad_h)
+
+
+def elman_grads(needs, has_bias, x, h0, hs, weight_ih, grad_a, grad_h):
+    """The gradient tuple after the reverse loop, one matmul or sum each, from delta
+    (``grad_a``, (T, N, H)) and ``grad_h`` = W_hh^T delta_0.  Shared by the fused and
+    the compiled (:mod:`rnnlab.backends.numba_elman`) backward."""
+    T, N, I = x.shape
+    H = hs.shape[2]
+    grad_x = grad_h0 = grad_w_ih = grad_w_hh = grad_b_ih = grad_b_hh = None
+    delta = grad_a.view(T * N, H)
+    if needs[0]:
+        grad_x = (delta @ weight_ih).view(T, N, I)
+    if needs[1]:
+        grad_h0 = grad_h
+    # (x^T delta)^T rather than delta^T x: the same sums, faster for these long, thin
+    # operands (see rnnlab.cells.lstm.ext_parameter_grads)
+    if needs[2]:
+        grad_w_ih = (x.reshape(T * N, I).t() @ delta).t()
+    if needs[3]:
+        h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]).view(T * N, H)
+        grad_w_hh = (h_prev.t() @ delta).t()
+    if any(needs[4:6]):
+        grad_b = delta.sum(0)
+        grad_b_ih = grad_b if has_bias[0] else None
+        grad_b_hh = grad_b if has_bias[1] else None
+    return grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, None
 
 
 def elman_sequence(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity="tanh"):

@@ -1,0 +1,148 @@
+r"""Compiled training path of the Elman layer (Numba): ``backend="numba"``.
+
+The equations and the hand-derived backward are those of :mod:`rnnlab.cells.elman`:
+:math:`h_t = \phi(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})`, phi in tanh, sigmoid,
+relu, and :math:`\delta_t = (\bar h_t + W_{hh}^\top \delta_{t+1}) \odot \phi'(h_t)` with
+:math:`\phi'` written in terms of :math:`h_t`.  As in :mod:`rnnlab.backends.numba_gru`,
+each step is one PyTorch matmul and one compiled pass over the rows (forward: the
+activation; backward: :math:`\delta_t`); the input side is one matmul over all steps and
+the weight gradients are :func:`rnnlab.cells.elman.elman_grads`, the fused path's own
+code.  Float32 layers take tanh and sigmoid from the float32 rational tanh of
+:mod:`rnnlab.backends.numba_math`, float64 layers from libm.  Rows are split over
+Numba's threads as in the LSTM path; results do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import torch
+from numba import prange
+from torch.autograd.function import once_differentiable
+
+from rnnlab.backends.numba_generate import _jit_parallel
+from rnnlab.backends.numba_lstm import _np, _parts
+from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast
+from rnnlab.cells.elman import _combined_bias, elman_grads
+
+TANH, SIGMOID, RELU = 0, 1, 2
+KINDS = {"tanh": TANH, "sigmoid": SIGMOID, "relu": RELU}
+
+
+@_jit
+def _forward_rows(t, lo, hi, kind, hs, rec):
+    """Rows ``lo:hi`` of step t: ``hs[t]`` holds W_ih x_t + b and becomes
+    h_t = phi(hs[t] + rec), ``rec`` = W_hh h_{t-1}.  One loop per nonlinearity, each
+    writing one array, so that LLVM vectorises it."""
+    for n in range(lo, hi):
+        h, r = hs[t, n], rec[n]
+        if kind == TANH:
+            for j in range(h.shape[0]):
+                h[j] = _tanh_fast(h[j] + r[j], h)
+        elif kind == SIGMOID:
+            for j in range(h.shape[0]):
+                h[j] = _sigmoid_fast(h[j] + r[j], h)
+        else:
+            for j in range(h.shape[0]):
+                h[j] = max(h[j] + r[j], 0.0)
+
+
+@_jit
+def _backward_rows(t, lo, hi, kind, hs, grad_hs, grad_r, delta):
+    """Rows ``lo:hi`` of step t of the reverse loop: delta_t = (h-bar_t + W_hh^T
+    delta_{t+1}) phi'(h_t), ``grad_r`` = W_hh^T delta_{t+1}."""
+    for n in range(lo, hi):
+        h, g, r, d = hs[t, n], grad_hs[t, n], grad_r[n], delta[t, n]
+        if kind == TANH:
+            for j in range(h.shape[0]):
+                d[j] = (g[j] + r[j]) * (1.0 - h[j] * h[j])
+        elif kind == SIGMOID:
+            for j in range(h.shape[0]):
+                d[j] = (g[j] + r[j]) * h[j] * (1.0 - h[j])
+        else:
+            for j in range(h.shape[0]):
+                d[j] = (g[j] + r[j]) if h[j] > 0.0 else 0.0
+
+
+# A step over all rows, serial or in ``parts`` blocks over Numba's threads (see the note
+# at numba_lstm._forward_step on why these are separate functions).
+@_jit
+def _forward_step(t, kind, hs, rec):
+    _forward_rows(t, 0, hs.shape[1], kind, hs, rec)
+
+
+@_jit_parallel
+def _forward_step_threads(t, kind, hs, rec, parts):
+    N = hs.shape[1]
+    for k in prange(parts):
+        _forward_rows(t, k * N // parts, (k + 1) * N // parts, kind, hs, rec)
+
+
+@_jit
+def _backward_step(t, kind, hs, grad_hs, grad_r, delta):
+    _backward_rows(t, 0, hs.shape[1], kind, hs, grad_hs, grad_r, delta)
+
+
+@_jit_parallel
+def _backward_step_threads(t, kind, hs, grad_hs, grad_r, delta, parts):
+    N = hs.shape[1]
+    for k in prange(parts):
+        lo, hi = k * N // parts, (k + 1) * N // parts
+        _backward_rows(t, lo, hi, kind, hs, grad_hs, grad_r, delta)
+
+
+class ElmanCompiledFunction(torch.autograd.Function):
+    """The Elman layer's forward and hand-derived backward, each step one matmul and one
+    compiled pass.  ``apply(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
+        T, N, I = x.shape
+        H = weight_hh.shape[0]
+        kind = KINDS[nonlinearity]
+        bias = _combined_bias(bias_ih, bias_hh, x)
+        hs = torch.mm(x.reshape(T * N, I), weight_ih.t().contiguous()).add_(bias).view(T, N, H)
+        rec = x.new_empty(N, H)  # W_hh h_{t-1}
+        hs_np, rec_np = _np(hs), _np(rec)
+        parts = _parts(N)
+        w_hh_t = weight_hh.detach().t()
+        h = h0.detach()
+        for t in range(T):
+            torch.mm(h, w_hh_t, out=rec)
+            if parts > 1:
+                _forward_step_threads(t, kind, hs_np, rec_np, parts)
+            else:
+                _forward_step(t, kind, hs_np, rec_np)
+            h = hs[t]
+        ctx.kind = kind
+        ctx.has_bias = (bias_ih is not None, bias_hh is not None)
+        ctx.save_for_backward(x, h0, weight_ih, weight_hh, hs)
+        return hs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_hs):
+        x, h0, weight_ih, weight_hh, hs = ctx.saved_tensors
+        delta = torch.empty_like(hs)  # delta_t of every step
+        grad_r = torch.zeros_like(h0)  # W_hh^T delta_{t+1}
+        arrays = tuple(map(_np, (hs, grad_hs, grad_r, delta)))
+        parts = _parts(x.shape[1])
+        for t in range(x.shape[0] - 1, -1, -1):
+            if parts > 1:
+                _backward_step_threads(t, ctx.kind, *arrays, parts)
+            else:
+                _backward_step(t, ctx.kind, *arrays)
+            torch.mm(delta[t], weight_hh, out=grad_r)
+        needs, has_bias = ctx.needs_input_grad, ctx.has_bias
+        return elman_grads(needs, has_bias, x, h0, hs, weight_ih, delta, grad_r)
+
+
+def elman_compiled_sequence(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity="tanh"):
+    """The Elman layer through the compiled path: hs (T, N, H).  Arguments as
+    :func:`rnnlab.cells.elman.elman_sequence`; CPU tensors, float32 or float64."""
+    if nonlinearity not in KINDS:
+        raise ValueError(f"nonlinearity must be one of {', '.join(KINDS)}; got {nonlinearity!r}")
+    if x.device.type != "cpu":
+        raise ValueError(f"the numba Elman path runs on the CPU; the input is on {x.device}")
+    return ElmanCompiledFunction.apply(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)
+
+
+__all__ = ["ElmanCompiledFunction", "elman_compiled_sequence"]
