@@ -130,3 +130,16 @@ def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, dtype):
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):
             assert torch.equal(a, b)
+
+
+def test_transposed_initial_state():
+    """A transposed (not contiguous) h0 gives the reference's values and gradients."""
+    args, weights = problem(F64)
+    args[1] = args[1].detach().t().contiguous().t().requires_grad_()
+    assert not args[1].is_contiguous()
+    results = []
+    for run in (gru_compiled_sequence, gru_sequence_reference):
+        hs = run(*args)
+        results.append([hs, *torch.autograd.grad((hs * weights).sum(), args)])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, **TIGHT)

@@ -251,3 +251,19 @@ def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, dtype):
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):
             assert torch.equal(a, b)
+
+
+def test_transposed_initial_state():
+    """An initial state that is a transposed view (not contiguous) gives the reference's
+    values and gradients: buffers the compiled passes write are made contiguous."""
+    args, opts, leaves = problem(F64, ("drop", "zoneout"))
+    for k in (1, 2):  # h0 and c0 as views of (H, N) tensors
+        args[k] = args[k].detach().t().contiguous().t().requires_grad_()
+        assert not args[k].is_contiguous()
+    leaves = list(args)
+    results = []
+    for run in (lstm_compiled_sequence, lstm_ext_sequence_reference):
+        hs, cs = run(*args, **opts)
+        results.append([hs, cs, *torch.autograd.grad(hs.sum() + 2 * cs.sum(), leaves)])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, **TIGHT)

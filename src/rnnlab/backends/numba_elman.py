@@ -19,7 +19,7 @@ from numba import prange
 from torch.autograd.function import once_differentiable
 
 from rnnlab.backends.numba_generate import _jit_parallel
-from rnnlab.backends.numba_lstm import _np, _parts
+from rnnlab.backends.numba_lstm import _np, _out, _parts, _zeros
 from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast
 from rnnlab.cells.elman import _combined_bias, elman_grads
 
@@ -101,7 +101,7 @@ class ElmanCompiledFunction(torch.autograd.Function):
         bias = _combined_bias(bias_ih, bias_hh, x)
         hs = torch.mm(x.reshape(T * N, I), weight_ih.t().contiguous()).add_(bias).view(T, N, H)
         rec = x.new_empty(N, H)  # W_hh h_{t-1}
-        hs_np, rec_np = _np(hs), _np(rec)
+        hs_np, rec_np = _out(hs), _out(rec)
         parts = _parts(N)
         w_hh_t = weight_hh.detach().t()
         h = h0.detach()
@@ -122,8 +122,8 @@ class ElmanCompiledFunction(torch.autograd.Function):
     def backward(ctx, grad_hs):
         x, h0, weight_ih, weight_hh, hs = ctx.saved_tensors
         delta = torch.empty_like(hs)  # delta_t of every step
-        grad_r = torch.zeros_like(h0)  # W_hh^T delta_{t+1}
-        arrays = tuple(map(_np, (hs, grad_hs, grad_r, delta)))
+        grad_r = _zeros(h0, *h0.shape)  # W_hh^T delta_{t+1}
+        arrays = (_np(hs), _np(grad_hs), _out(grad_r), _out(delta))
         parts = _parts(x.shape[1])
         for t in range(x.shape[0] - 1, -1, -1):
             if parts > 1:

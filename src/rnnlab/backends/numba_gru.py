@@ -30,7 +30,7 @@ from numba import prange
 from torch.autograd.function import once_differentiable
 
 from rnnlab.backends.numba_generate import _jit_parallel
-from rnnlab.backends.numba_lstm import _np, _parts
+from rnnlab.backends.numba_lstm import _np, _out, _parts, _zeros
 from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast
 from rnnlab.cells.gru import torch_form_grads
 
@@ -129,7 +129,7 @@ class GRUCompiledFunction(torch.autograd.Function):
         hs = x.new_empty(T, N, H)
         us = x.new_empty(T, N, H)  # u_t = W_hn h_{t-1} + b_hn, for r-bar
         rec = x.new_empty(N, 3 * H)  # W_hh h_{t-1} + b_hh of the current step
-        arrays = tuple(map(_np, (gates, rec, h0, us, hs)))
+        arrays = (*map(_out, (gates, rec)), _np(h0), *map(_out, (us, hs)))
         parts = _parts(N)
         w_hh_t = weight_hh.detach().t()
         h = h0.detach()
@@ -153,10 +153,12 @@ class GRUCompiledFunction(torch.autograd.Function):
         x, h0, weight_ih, weight_hh, gates, us, hs = ctx.saved_tensors
         delta = torch.empty_like(gates)  # delta_t of every step, (T, N, 3H)
         delta_h = torch.empty_like(gates)  # delta^h_t of every step
-        grad_r = torch.zeros_like(h0)  # W_hh^T delta^h_{t+1}
-        carry = torch.zeros_like(h0)  # h-bar_{t+1} z_{t+1}
-        arrays = (gates, us, h0, hs, grad_hs, grad_r, carry, delta, delta_h)
-        arrays = tuple(map(_np, arrays))
+        grad_r = _zeros(h0, *h0.shape)  # W_hh^T delta^h_{t+1}
+        carry = _zeros(h0, *h0.shape)  # h-bar_{t+1} z_{t+1}
+        arrays = (
+            *map(_np, (gates, us, h0, hs, grad_hs)),
+            *map(_out, (grad_r, carry, delta, delta_h)),
+        )
         parts = _parts(x.shape[1])
         for t in range(x.shape[0] - 1, -1, -1):
             if parts > 1:

@@ -287,9 +287,23 @@ def _backward_step_threads(t, arrays, opts, ln, scratch):
         _backward_rows(t, k * N // parts, (k + 1) * N // parts, arrays, opts, ln, scratch[k])
 
 
-def _np(tensor):
-    """A contiguous numpy view (a copy only where the tensor is not contiguous)."""
+def _np(tensor, writes: bool = False):
+    """A numpy view of ``tensor`` for a compiled pass.  Read-only inputs may be copied to
+    make them contiguous; a tensor the pass ``writes`` must be contiguous already (a copy
+    would take the writes, and the tensor would never see them)."""
+    if writes and not tensor.is_contiguous():
+        raise AssertionError("a buffer a compiled pass writes must be contiguous")
     return tensor.detach().contiguous().numpy()
+
+
+def _out(tensor):
+    """:func:`_np` of a buffer that a compiled pass writes (or reads after PyTorch wrote it)."""
+    return _np(tensor, writes=True)
+
+
+def _zeros(like, *shape):
+    """A contiguous zero buffer (``zeros_like`` keeps a transposed tensor's strides)."""
+    return like.new_zeros(shape)
 
 
 class LSTMCompiledFunction(torch.autograd.Function):
@@ -312,12 +326,14 @@ class LSTMCompiledFunction(torch.autograd.Function):
         c_tildes = cs if zone_c is None else x.new_empty(T, N, H)
         ln_rows = (4 * H, 1, H, 1) if use_ln else (0, 0, 0, 0)
         a_h_hats, rstd_h, c_hats, rstd_c = (x.new_empty(T, N, k) for k in ln_rows)
-        r = h0.detach().clone() if drop_mask is None else h0.detach() * drop_mask
+        r = h0.detach() if drop_mask is None else h0.detach() * drop_mask
+        r = r.contiguous().clone()  # r_{t-1} = m h_{t-1}, written by each step
         a_h = x.new_empty(N, 4 * H)  # r_{t-1} W_hh^T
         opts = _option_arrays(gates, T, N, H, drop_mask, peephole, (gamma_h, gamma_c, beta_c),
                               zone_h, zone_c)  # fmt: skip
-        arrays = tuple(map(_np, (gates, a_h, h0, c0, hs, cs, c_tildes, ys, r)))
-        ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c)))
+        arrays = (*map(_out, (gates, a_h)), _np(h0), _np(c0))
+        arrays = (*arrays, *map(_out, (hs, cs, c_tildes, ys, r)))
+        ln = tuple(map(_out, (a_h_hats, rstd_h, c_hats, rstd_c)))
         parts = _parts(N)
         w_hh_t = weight_hh.detach().t()
         for t in range(T):
@@ -350,13 +366,13 @@ class LSTMCompiledFunction(torch.autograd.Function):
         grad_gates = torch.empty_like(gates)  # z-bar of every step, (T, N, 4H)
         grad_a_h = torch.empty_like(gates) if use_ln else grad_gates  # a^h-bar
         grad_ns = x.new_empty(T, N, H if use_ln else 0)  # n-bar, for gamma_c and beta_c
-        grad_r = torch.zeros_like(h0)  # W_hh^T a^h-bar_{t+1}
-        carry_h = torch.zeros_like(c0)  # d^h_{t+1} h-bar_{t+1}
-        carry_c = torch.zeros_like(c0)  # what c_t gets from step t+1
+        grad_r = _zeros(h0, N, H)  # W_hh^T a^h-bar_{t+1}
+        carry_h = _zeros(c0, N, H)  # d^h_{t+1} h-bar_{t+1}
+        carry_c = _zeros(c0, N, H)  # what c_t gets from step t+1
         parts = _parts(N)
         scratch = np.empty((parts, 2, H), dtype=_np(gates).dtype)
-        arrays = (gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_gates)
-        arrays = tuple(map(_np, (*arrays, grad_a_h, grad_ns)))
+        arrays = tuple(map(_np, (gates, c0, cs, ys, grad_hs, grad_cs)))
+        arrays += tuple(map(_out, (grad_r, carry_h, carry_c, grad_gates, grad_a_h, grad_ns)))
         ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c)))
         for t in range(T - 1, -1, -1):
             if parts > 1:
