@@ -217,9 +217,9 @@ def test_numba_threads_leave_torch_openmp_settings_alone():
     import sys
 
     check = (
-        "import ctypes\n"
-        "nested = ctypes.CDLL(None).omp_get_nested()\n"
-        "print(torch.get_num_threads(), nested)\n"
+        "from rnnlab.backends.numba_math import _omp_global\n"
+        "omp = _omp_global()  # None without OpenMP in the global scope: nothing to spoil\n"
+        "print(torch.get_num_threads(), 0 if omp is None else omp.omp_get_nested())\n"
     )
     start = "import torch; torch.set_num_threads({})\n"
     through_helper = "from rnnlab.backends.numba_math import numba_threads\nnumba_threads()\n"

@@ -3,12 +3,14 @@
 :func:`_jit` compiles with the on-disk cache where one can be written; :func:`_tanh` and
 :func:`_sigmoid` pick, while compiling, libm's functions for float64 arrays and the
 vectorisable rational tanh (:func:`_tanh_rational`, error bound below) for float32 ones.
-Used by :mod:`rnnlab.backends.numba_generate` and :mod:`rnnlab.backends.numba_lstm`.
+Used by :mod:`rnnlab.backends.numba_generate` and the compiled training steps
+(:mod:`rnnlab.backends.numba_lstm`, ``numba_gru``, ``numba_elman``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 
@@ -164,30 +166,35 @@ def numba_threads() -> int:
     made earlier was silently undone) and nested parallelism (switched on: PyTorch's
     parallel operations then nest the BLAS's teams inside their own, and a Python-loop
     LSTM training step ran 0.13 s before and 2.4 s after one sampled text).  Both are put
-    back.  Every use of Numba's threads in rnnlab goes through here first."""
+    back, once: Numba sets them only when it starts.  Every use of Numba's threads in
+    rnnlab goes through here first."""
+    if _STARTED:
+        return numba.get_num_threads()
     import torch
 
     before = torch.get_num_threads()
-    nested = _omp_nested()
+    omp = _omp_global()
+    nested = None if omp is None else int(omp.omp_get_nested())
     threads = numba.get_num_threads()
     if torch.get_num_threads() != before:
         torch.set_num_threads(before)
-    if nested is not None and _omp_nested() != nested:
-        _omp_global().omp_set_nested(nested)
+    if omp is not None and int(omp.omp_get_nested()) != nested:
+        omp.omp_set_nested(nested)
+    _STARTED.append(True)
     return threads
 
 
+_STARTED: list = []  # non-empty once numba_threads() has started Numba's threads
+
+
+@functools.lru_cache(maxsize=1)
 def _omp_global():
     """The OpenMP runtime that a symbol lookup in the process's global scope finds (the
-    one Numba's OpenMP layer binds its settings to), or None."""
+    one Numba's OpenMP layer binds its settings to), or None: no OpenMP there, or a
+    platform without that lookup (``ctypes.CDLL(None)`` fails on Windows)."""
     try:
         lib = ctypes.CDLL(None)
         lib.omp_get_nested  # noqa: B018 (raises AttributeError without OpenMP)
-    except (OSError, AttributeError):
+    except Exception:
         return None
     return lib
-
-
-def _omp_nested() -> int | None:
-    lib = _omp_global()
-    return None if lib is None else int(lib.omp_get_nested())
