@@ -143,3 +143,14 @@ def test_transposed_initial_state():
         results.append([hs, *torch.autograd.grad((hs * weights).sum(), args)])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, **TIGHT)
+
+
+def test_auto_stays_fused_where_numba_cannot_cache(monkeypatch):
+    """Without a writable cache every process would compile again: auto keeps fused."""
+    from rnnlab.backends import numba_math
+
+    monkeypatch.setattr(numba_math, "is_cached", lambda dispatcher: False)
+    assert rnnlab.GRU(I, H).backend_choice().name == "fused"
+    assert rnnlab.RNN(I, H).backend_choice().name == "fused"
+    assert rnnlab.LSTM(I, H, layer_norm=True).backend_choice().name == "fused"
+    assert rnnlab.GRU(I, H, backend="numba").backend_choice().name == "numba"  # if asked

@@ -341,7 +341,7 @@ class _Stack(nn.Module):
 
     # the path ---------------------------------------------------------------------------
     def backend_choice(self) -> BackendChoice:
-        """The path this layer runs now (``fused``, ``reference`` or ``torch``) and why;
+        """The path this layer runs now (``fused``, ``reference``, ``torch`` or ``numba``) and why;
         ``auto`` resolves by the layer's configuration and device."""
         return choose_training_backend(self)
 

@@ -18,13 +18,12 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
-from rnnlab.backends.numba_generate import _jit_parallel
+from rnnlab.backends.numba_generate import ACTIVATIONS, SIGMOID, TANH, _jit_parallel
 from rnnlab.backends.numba_lstm import _np, _out, _parts, _zeros
 from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast
-from rnnlab.cells.elman import _combined_bias, elman_grads
+from rnnlab.cells.elman import _combined_bias, elman_grads, input_projection
 
-TANH, SIGMOID, RELU = 0, 1, 2
-KINDS = {"tanh": TANH, "sigmoid": SIGMOID, "relu": RELU}
+KINDS = ACTIVATIONS  # the generation loop's codes: tanh, sigmoid, relu
 
 
 @_jit
@@ -99,7 +98,7 @@ class ElmanCompiledFunction(torch.autograd.Function):
         H = weight_hh.shape[0]
         kind = KINDS[nonlinearity]
         bias = _combined_bias(bias_ih, bias_hh, x)
-        hs = torch.mm(x.reshape(T * N, I), weight_ih.t().contiguous()).add_(bias).view(T, N, H)
+        hs = input_projection(x, weight_ih, bias)  # W_ih x_t + b of every step
         rec = x.new_empty(N, H)  # W_hh h_{t-1}
         hs_np, rec_np = _out(hs), _out(rec)
         parts = _parts(N)

@@ -32,6 +32,7 @@ from torch.autograd.function import once_differentiable
 from rnnlab.backends.numba_generate import _jit_parallel
 from rnnlab.backends.numba_lstm import _np, _out, _parts, _zeros
 from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast
+from rnnlab.cells.elman import input_projection
 from rnnlab.cells.gru import torch_form_grads
 
 
@@ -122,10 +123,7 @@ class GRUCompiledFunction(torch.autograd.Function):
     def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh):
         T, N, I = x.shape
         H = weight_hh.shape[1]
-        # a_t for every step: x (TN, I) times a contiguous W_ih^T, then + b_ih
-        gates = torch.mm(x.reshape(T * N, I), weight_ih.t().contiguous()).view(T, N, 3 * H)
-        if bias_ih is not None:
-            gates.add_(bias_ih)
+        gates = input_projection(x, weight_ih, bias_ih)  # a_t = W_ih x_t + b_ih, every step
         hs = x.new_empty(T, N, H)
         us = x.new_empty(T, N, H)  # u_t = W_hn h_{t-1} + b_hn, for r-bar
         rec = x.new_empty(N, 3 * H)  # W_hh h_{t-1} + b_hh of the current step

@@ -26,11 +26,13 @@ the weight gradients (one matmul or reduction each,
 tensors kept for backward are the same, so memory is as documented there.
 
 Arithmetic.  Float64 layers compute in float64 with libm's ``exp`` and ``tanh``, and
-equal the reference path to about 1e-14.  Float32 layers compute in float32 and take
-tanh and sigmoid from the float32 rational tanh of :mod:`rnnlab.backends.numba_math`
-(within 4.1e-7 of tanh and 2.3e-7 of sigmoid on every float32 input), which has no calls
-or branches, so LLVM vectorises each gate loop 16 lanes wide; they equal the fused path
-within the tests' 2e-5.  The layer-norm sums are taken in float64, in an order LLVM may
+equal the reference path to about 1e-14.  For float32 layers the forward pass computes
+its gates in float32, with tanh and sigmoid from the float32 rational tanh of
+:mod:`rnnlab.backends.numba_math` (within 4.1e-7 of tanh and 2.3e-7 of sigmoid on every
+float32 input), which has no calls or branches, so LLVM vectorises each gate loop 16
+lanes wide; the backward passes compute in float64 from the stored float32 values (their
+constants are float64) and store float32.  Float32 results equal the fused path within
+the tests' 2e-5.  The layer-norm sums are taken in float64, in an order LLVM may
 change (``fastmath`` reassociation on those sums only).  Tests:
 ``tests/test_numba_lstm.py`` and ``tests/test_backends_training.py``.
 

@@ -37,6 +37,15 @@ def _jit(fn, **extra):
     return numba.njit(**options)(fn)
 
 
+def is_cached(dispatcher) -> bool:
+    """Whether a function from :func:`_jit` keeps its compiled code on disk (False where
+    no cache directory was writable, or with ``RNNLAB_NUMBA_CACHE=0``): without it every
+    process compiles the function again."""
+    from numba.core.caching import NullCache
+
+    return not isinstance(getattr(dispatcher, "_cache", None), NullCache)
+
+
 # Gate nonlinearities.  Float64 models use libm's ``exp`` and ``tanh`` (exact to rounding,
 # so their samples equal the plain path's).  Float32 models use a rational tanh evaluated in
 # float64 (Eigen's float coefficients: odd degree 13 over even degree 6, input clamped to

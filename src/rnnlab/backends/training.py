@@ -40,9 +40,10 @@ TRAINING_BACKENDS = ("auto", "fused", "reference", "torch", "numba")
 
 # Cells whose fused path measured faster than PyTorch's kernel on the CPU, at every issue-8
 # shape, at 1 and 2 threads (docs/performance.md, "Choosing the training path"); and those
-# whose compiled path (backend "numba") measured faster still (the GRU: 0.18-0.89 of
-# torch.nn.GRU's time against 0.57-1.06 for fused; the Elman layer 0.35-0.82 against
-# 0.67-0.96).  The fused path remains where Numba cannot be imported.
+# whose compiled path (backend "numba") measured faster still (session 8: the GRU 0.18-0.81
+# of torch.nn.GRU's time and the Elman layer 0.31-0.86 of torch.nn.RNN's, where fused took
+# 0.57-1.06 and 0.58-0.96; docs/performance.md).  The fused path remains where Numba cannot
+# be imported or cannot cache its compiled code.
 FUSED_WINS_ON_CPU = ("gru", "rnn")
 NUMBA_WINS_ON_CPU = ("gru", "rnn")
 
@@ -93,12 +94,12 @@ def choose_training_backend(layer, backend: str | None = None) -> BackendChoice:
         return BackendChoice("torch", why)
     device = _device(layer)
     if kernel is None:
-        if numba_unsupported(layer) is None:
+        if _numba_pays(layer):
             return BackendChoice("numba", f"{why}; compiled steps beat fused on the CPU")
         return BackendChoice("fused", why)
     if device.type != "cpu":
         return BackendChoice("torch", f"{why} on {device.type}")
-    if layer.cell_kind in NUMBA_WINS_ON_CPU and numba_unsupported(layer) is None:
+    if layer.cell_kind in NUMBA_WINS_ON_CPU and _numba_pays(layer):
         return BackendChoice("numba", "compiled steps, faster than torch.nn's kernel on the CPU")
     if layer.cell_kind in FUSED_WINS_ON_CPU:
         return BackendChoice("fused", "faster than torch.nn's kernel on the CPU")
@@ -123,6 +124,18 @@ def numba_unsupported(layer) -> str | None:
     if error is not None:
         return error
     return None
+
+
+def _numba_pays(layer) -> bool:
+    """Whether ``auto`` takes the compiled path: it can run the layer, and its compiled
+    code is cached on disk.  Without a writable cache directory every process would
+    compile it again (4-17 s), more than it saves in a short job."""
+    if numba_unsupported(layer) is not None:
+        return False
+    from rnnlab.backends import numba_lstm  # the three modules are compiled alike
+    from rnnlab.backends.numba_math import is_cached
+
+    return is_cached(numba_lstm._forward_step)
 
 
 def _dtype(layer) -> torch.dtype:

@@ -102,6 +102,19 @@ def _activation_grad(h: Tensor, nonlinearity: str) -> Tensor:
     return (h > 0).to(h.dtype)
 
 
+def input_projection(x: Tensor, weight_ih: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The input side of every step in one matmul: (T, N, G) = x W_ih^T (+ ``bias``).
+
+    x as (TN, I) times a contiguous copy of W_ih^T, the bias added after: measured 1.7x
+    faster than ``addmm`` with the transposed view at (2500, 65) x (65, 512) on one thread.
+    Shared by every cell's fused and compiled paths."""
+    T, N, I = x.shape
+    out = torch.mm(x.reshape(T * N, I), weight_ih.t().contiguous())
+    if bias is not None:
+        out.add_(bias)
+    return out.view(T, N, -1)
+
+
 def _combined_bias(bias_ih: Tensor | None, bias_hh: Tensor | None, like: Tensor) -> Tensor:
     """b_ih + b_hh (both biases sit outside the nonlinearity, so they act as one)."""
     if bias_ih is None and bias_hh is None:
@@ -118,13 +131,10 @@ class ElmanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
-        T, N, _ = x.shape
-        H = weight_hh.shape[0]
+        T = x.shape[0]
         act_ = _ACTIVATIONS_[nonlinearity]
         bias = _combined_bias(bias_ih, bias_hh, x)
-        # Input projections of all steps in one matmul (against a contiguous W_ih^T: see
-        # rnnlab.cells.lstm.ext_input_gates), then the bias.
-        hs = torch.mm(x.reshape(T * N, -1), weight_ih.t().contiguous()).add_(bias).view(T, N, H)
+        hs = input_projection(x, weight_ih, bias)  # W_ih x_t + b of every step
         w_hh_t = weight_hh.t()
         h = h0
         for t in range(T):

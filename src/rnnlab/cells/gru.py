@@ -108,7 +108,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab.cells.elman import _combined_bias
+from rnnlab.cells.elman import _combined_bias, input_projection
 
 GRU_FORMS = ("torch", "cho")
 
@@ -165,7 +165,7 @@ def _forward_torch(x, h0, weight_ih, weight_hh, bias_ih, bias_hh):
     T, N, _ = x.shape
     H = weight_hh.shape[1]
     bias = x.new_zeros(()) if bias_ih is None else bias_ih  # b_hh joins W_hh h_{t-1}
-    gates = torch.addmm(bias, x.reshape(T * N, -1), weight_ih.t()).view(T, N, 3 * H)
+    gates = input_projection(x, weight_ih, bias)
     hs = x.new_empty(T, N, H)
     us = x.new_empty(T, N, H)  # u_t = W_hn h_{t-1} + b_hn, needed for r-bar
     recurrent = x.new_empty(N, 3 * H)  # W_hh h_{t-1} + b_hh of the current step
@@ -191,7 +191,7 @@ def _forward_cho(x, h0, weight_ih, weight_hh, bias_ih, bias_hh):
     T, N, _ = x.shape
     H = weight_hh.shape[1]
     bias = _combined_bias(bias_ih, bias_hh, x)
-    gates = torch.addmm(bias, x.reshape(T * N, -1), weight_ih.t()).view(T, N, 3 * H)
+    gates = input_projection(x, weight_ih, bias)
     hs = x.new_empty(T, N, H)
     w_hrz_t = weight_hh[: 2 * H].t()
     w_hn_t = weight_hh[2 * H :].t()
@@ -283,7 +283,7 @@ def _backward_cho(needs, grad_hs, x, h0, weight_ih, weight_hh, gates, hs):
     if needs[0]:
         grad_x = (delta @ weight_ih).view(T, N, I)
     if needs[2]:
-        grad_w_ih = delta.t() @ x.reshape(T * N, I)
+        grad_w_ih = (x.reshape(T * N, I).t() @ delta).t()  # see torch_form_grads
     if needs[3]:
         h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]).view(T * N, H)
         rho = gates[:, :, :H].reshape(T * N, H) * h_prev
