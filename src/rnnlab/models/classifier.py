@@ -74,9 +74,10 @@ class EncoderConfig:
     dropout: between recurrent layers and on the features the head reads.
     zoneout: lstm only: probability that a unit keeps its previous h and c at a step in
         training (Krueger et al. 2017; evaluation uses the expectation), a regulariser.
-    backend: ``auto`` (the fastest exact path: PyTorch's kernel for the LSTM on the CPU, the
-        fused path for GRU and Elman), ``fused`` (hand-derived BPTT), ``torch`` (torch.nn's
-        kernel) or ``reference`` (autograd through steps); see rnnlab.backends.training.
+    backend: ``auto`` (the fastest exact path: PyTorch's kernel for the plain LSTM on the
+        CPU, the compiled steps for GRU and Elman), ``fused`` (hand-derived BPTT), ``numba``
+        (the compiled steps), ``torch`` (torch.nn's kernel) or ``reference`` (autograd
+        through steps); see rnnlab.backends.training.
     """
 
     input_size: int

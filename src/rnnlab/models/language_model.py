@@ -50,9 +50,10 @@ class ModelConfig:
     nonlinearity: activation of the rnn, pascanu and jordan cells (tanh, sigmoid, relu).
     hidden_recurrence: jordan only: also feed h_{t-1} back (hidden and output recurrence).
     dtype: ``float32`` or ``float64`` (for exact comparisons).
-    backend: ``auto`` (the fastest exact path: PyTorch's kernel for the LSTM on the CPU, the
-        fused path for GRU and Elman), ``fused`` (hand-derived BPTT), ``torch`` (torch.nn's
-        kernel) or ``reference`` (autograd through steps); see rnnlab.backends.training.
+    backend: ``auto`` (the fastest exact path: PyTorch's kernel for the plain LSTM on the
+        CPU, the compiled steps for GRU and Elman), ``fused`` (hand-derived BPTT), ``numba``
+        (the compiled steps), ``torch`` (torch.nn's kernel) or ``reference`` (autograd
+        through steps); see rnnlab.backends.training.
     """
 
     vocab_size: int
