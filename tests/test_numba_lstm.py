@@ -24,9 +24,11 @@ F32 = dict(atol=2e-5, rtol=2e-5)
 OPTIONS = ("peephole", "ln", "drop", "zoneout")
 
 
-def problem(dtype, on, zoneout_training=True, seed=1):
-    """Arguments, options and the tensors to differentiate, for the options in ``on``."""
+def problem(dtype, on, zoneout_training=True, seed=1, rows=N):
+    """Arguments, options and the tensors to differentiate, for the options in ``on``
+    (``rows`` sequences: 1 takes the one-call compiled loop, ``SEQUENCE_ROWS``)."""
     g = torch.Generator().manual_seed(seed)
+    N = rows
 
     def rand(*shape, scale=1.0):
         return scale * torch.randn(*shape, generator=g, dtype=dtype)
@@ -56,8 +58,8 @@ def problem(dtype, on, zoneout_training=True, seed=1):
     return args, opts, leaves
 
 
-def values_and_grads(run, dtype, on, zoneout_training=True):
-    args, opts, leaves = problem(dtype, on, zoneout_training)
+def values_and_grads(run, dtype, on, zoneout_training=True, rows=N):
+    args, opts, leaves = problem(dtype, on, zoneout_training, rows=rows)
     hs, cs = run(*args, **opts)
     g = torch.Generator().manual_seed(7)
     w_h, w_c = (torch.randn(v.shape, generator=g, dtype=dtype) for v in (hs, cs))
@@ -70,17 +72,19 @@ COMBINATIONS = [
 ]
 
 
+@pytest.mark.parametrize("rows", [N, 1], ids=["steps", "batch1"])
 @pytest.mark.parametrize("on", COMBINATIONS, ids=lambda c: "+".join(c) or "plain")
-def test_equals_the_reference_in_float64(on):
+def test_equals_the_reference_in_float64(on, rows):
     for zoneout_training in (True, False) if "zoneout" in on else (True,):
-        got = values_and_grads(lstm_compiled_sequence, F64, on, zoneout_training)
-        expected = values_and_grads(lstm_ext_sequence_reference, F64, on, zoneout_training)
+        got = values_and_grads(lstm_compiled_sequence, F64, on, zoneout_training, rows)
+        expected = values_and_grads(lstm_ext_sequence_reference, F64, on, zoneout_training, rows)
         for a, b in zip(got, expected, strict=True):
             torch.testing.assert_close(a, b, **TIGHT)
 
 
-def test_gradcheck_with_every_option():
-    args, opts, leaves = problem(F64, OPTIONS)
+@pytest.mark.parametrize("rows", [N, 1], ids=["steps", "batch1"])
+def test_gradcheck_with_every_option(rows):
+    args, opts, leaves = problem(F64, OPTIONS, rows=rows)
 
     def run(*tensors):
         return lstm_compiled_sequence(
@@ -94,10 +98,11 @@ def test_gradcheck_with_every_option():
     assert torch.autograd.gradcheck(run, tuple(leaves))
 
 
+@pytest.mark.parametrize("rows", [N, 1], ids=["steps", "batch1"])
 @pytest.mark.parametrize("on", [(), OPTIONS, ("ln",)], ids=["plain", "all", "ln"])
-def test_float32_equals_the_fused_path(on):
-    got = values_and_grads(lstm_compiled_sequence, torch.float32, on)
-    expected = values_and_grads(lstm_ext_sequence, torch.float32, on)
+def test_float32_equals_the_fused_path(on, rows):
+    got = values_and_grads(lstm_compiled_sequence, torch.float32, on, rows=rows)
+    expected = values_and_grads(lstm_ext_sequence, torch.float32, on, rows=rows)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, **F32)
 

@@ -21,7 +21,7 @@ from torch.autograd.function import once_differentiable
 from rnnlab.backends.numba_generate import ACTIVATIONS, SIGMOID, TANH, _jit_parallel
 from rnnlab.backends.numba_lstm import _np, _out, _parts, _zeros
 from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast
-from rnnlab.cells.elman import _combined_bias, elman_grads, input_projection
+from rnnlab.cells.elman import _combined_bias, elman_grads, input_projection, step_weight
 
 KINDS = ACTIVATIONS  # the generation loop's codes: tanh, sigmoid, relu
 
@@ -102,7 +102,7 @@ class ElmanCompiledFunction(torch.autograd.Function):
         rec = x.new_empty(N, H)  # W_hh h_{t-1}
         hs_np, rec_np = _out(hs), _out(rec)
         parts = _parts(N)
-        w_hh_t = weight_hh.detach().t()
+        w_hh_t = step_weight(weight_hh)
         h = h0.detach()
         for t in range(T):
             torch.mm(h, w_hh_t, out=rec)

@@ -32,7 +32,7 @@ from torch.autograd.function import once_differentiable
 from rnnlab.backends.numba_generate import _jit_parallel
 from rnnlab.backends.numba_lstm import _np, _out, _parts, _zeros
 from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast
-from rnnlab.cells.elman import input_projection
+from rnnlab.cells.elman import input_projection, step_weight
 from rnnlab.cells.gru import torch_form_grads
 
 
@@ -129,7 +129,7 @@ class GRUCompiledFunction(torch.autograd.Function):
         rec = x.new_empty(N, 3 * H)  # W_hh h_{t-1} + b_hh of the current step
         arrays = (*map(_out, (gates, rec)), _np(h0), *map(_out, (us, hs)))
         parts = _parts(N)
-        w_hh_t = weight_hh.detach().t()
+        w_hh_t = step_weight(weight_hh)
         h = h0.detach()
         for t in range(T):
             if bias_hh is None:

@@ -52,9 +52,9 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
-from rnnlab.backends.numba_generate import _POOL_PID, _jit_parallel, threads_usable
+from rnnlab.backends.numba_generate import _POOL_PID, _jit_parallel, _matvec_t, threads_usable
 from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast, numba_threads
-from rnnlab.cells.elman import _combined_bias
+from rnnlab.cells.elman import _combined_bias, step_weight
 from rnnlab.cells.lstm import (
     LN_EPS,
     _check_ext_args,
@@ -289,6 +289,29 @@ def _backward_step_threads(t, arrays, opts, ln, scratch):
         _backward_rows(t, k * N // parts, (k + 1) * N // parts, arrays, opts, ln, scratch[k])
 
 
+@_jit
+def _forward_sequence(arrays, opts, ln, w_t):
+    """Every step of the forward, matmul included, in one compiled call: for a few rows
+    (:data:`SEQUENCE_ROWS`), where PyTorch's per-step call costs more than the product.
+    ``w_t`` = W_hh^T, (H, 4H), C order; the product is row by row (:func:`_matvec_t`)."""
+    gates, a_h, r = arrays[0], arrays[1], arrays[8]
+    for t in range(gates.shape[0]):
+        for n in range(gates.shape[1]):
+            _matvec_t(w_t, r[n], a_h[n])
+        _forward_rows(t, 0, gates.shape[1], arrays, opts, ln)
+
+
+@_jit
+def _backward_sequence(arrays, opts, ln, scratch, w):
+    """Every step of the reverse loop in one compiled call (see :func:`_forward_sequence`);
+    ``w`` = W_hh, (4H, H), C order, gives ``grad_r`` = W_hh^T a^h-bar_t row by row."""
+    gates, grad_r, grad_a_h = arrays[0], arrays[6], arrays[10]
+    for t in range(gates.shape[0] - 1, -1, -1):
+        _backward_rows(t, 0, gates.shape[1], arrays, opts, ln, scratch[0])
+        for n in range(gates.shape[1]):
+            _matvec_t(w, grad_a_h[t, n], grad_r[n])
+
+
 def _np(tensor, writes: bool = False):
     """A numpy view of ``tensor`` for a compiled pass.  Read-only inputs may be copied to
     make them contiguous; a tensor the pass ``writes`` must be contiguous already (a copy
@@ -337,8 +360,10 @@ class LSTMCompiledFunction(torch.autograd.Function):
         arrays = (*arrays, *map(_out, (hs, cs, c_tildes, ys, r)))
         ln = tuple(map(_out, (a_h_hats, rstd_h, c_hats, rstd_c)))
         parts = _parts(N)
-        w_hh_t = weight_hh.detach().t()
-        for t in range(T):
+        w_hh_t = step_weight(weight_hh)
+        if N <= SEQUENCE_ROWS:
+            _forward_sequence(arrays, opts, ln, _np(w_hh_t))
+        for t in range(T if N > SEQUENCE_ROWS else 0):
             torch.mm(r, w_hh_t, out=a_h)
             if parts > 1:
                 _forward_step_threads(t, arrays, opts, ln, parts)
@@ -376,7 +401,9 @@ class LSTMCompiledFunction(torch.autograd.Function):
         arrays = tuple(map(_np, (gates, c0, cs, ys, grad_hs, grad_cs)))
         arrays += tuple(map(_out, (grad_r, carry_h, carry_c, grad_gates, grad_a_h, grad_ns)))
         ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c)))
-        for t in range(T - 1, -1, -1):
+        if N <= SEQUENCE_ROWS:
+            _backward_sequence(arrays, ctx.opts, ln, scratch, _np(weight_hh))
+        for t in range(T - 1 if N > SEQUENCE_ROWS else -1, -1, -1):
             if parts > 1:
                 _backward_step_threads(t, arrays, ctx.opts, ln, scratch)
             else:
@@ -394,6 +421,7 @@ class LSTMCompiledFunction(torch.autograd.Function):
         )
 
 
+SEQUENCE_ROWS = 1  # batch 1: one compiled call per sequence (2 rows measured slower)
 MIN_ROWS_PER_THREAD = 8  # below this a thread's share of a step is too small to pay
 
 

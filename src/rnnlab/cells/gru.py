@@ -108,7 +108,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab.cells.elman import _combined_bias, input_projection
+from rnnlab.cells.elman import _combined_bias, input_projection, step_weight
 
 GRU_FORMS = ("torch", "cho")
 
@@ -169,7 +169,7 @@ def _forward_torch(x, h0, weight_ih, weight_hh, bias_ih, bias_hh):
     hs = x.new_empty(T, N, H)
     us = x.new_empty(T, N, H)  # u_t = W_hn h_{t-1} + b_hn, needed for r-bar
     recurrent = x.new_empty(N, 3 * H)  # W_hh h_{t-1} + b_hh of the current step
-    w_hh_t = weight_hh.t()
+    w_hh_t = step_weight(weight_hh)
     h = h0
     for t in range(T):
         if bias_hh is None:
@@ -193,8 +193,8 @@ def _forward_cho(x, h0, weight_ih, weight_hh, bias_ih, bias_hh):
     bias = _combined_bias(bias_ih, bias_hh, x)
     gates = input_projection(x, weight_ih, bias)
     hs = x.new_empty(T, N, H)
-    w_hrz_t = weight_hh[: 2 * H].t()
-    w_hn_t = weight_hh[2 * H :].t()
+    w_hrz_t = step_weight(weight_hh[: 2 * H])
+    w_hn_t = step_weight(weight_hh[2 * H :])
     h = h0
     for t in range(T):
         g = gates[t]

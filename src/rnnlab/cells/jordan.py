@@ -128,6 +128,7 @@ from rnnlab.cells.elman import (
     _activation_grad,
     _combined_bias,
     check_nonlinearity,
+    step_weight,
 )
 
 OUTPUTS = ("identity", "tanh", "sigmoid")
@@ -318,8 +319,8 @@ class JordanFunction(torch.autograd.Function):
             hs.view(T * N, H).addmm_(teacher.reshape(T * N, O), weight_yh.t())
         ys = x.new_empty(T, N, O)
         b_o = bias_o if bias_o is not None else x.new_zeros(())
-        w_yh_t, w_ho_t = weight_yh.t(), weight_ho.t()
-        w_hh_t = weight_hh.t() if hidden else None
+        w_yh_t, w_ho_t = step_weight(weight_yh), step_weight(weight_ho)
+        w_hh_t = step_weight(weight_hh) if hidden else None
         h, y = h0, y0
         if own_fed:
             for t in range(T):

@@ -194,7 +194,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab.cells.elman import _combined_bias, input_projection
+from rnnlab.cells.elman import _combined_bias, input_projection, step_weight
 
 
 def lstm_step(
@@ -243,7 +243,7 @@ class LSTMFunction(torch.autograd.Function):
         hs = x.new_empty(T, N, H)
         cs = x.new_empty(T, N, H)
         tanh_cs = x.new_empty(T, N, H)
-        w_hh_t = weight_hh.t()
+        w_hh_t = step_weight(weight_hh)
         h, c = h0, c0
         for t in range(T):
             z = gates[t].addmm_(h, w_hh_t)
@@ -623,8 +623,8 @@ class LSTMExtFunction(torch.autograd.Function):
         ys = x.new_empty(T, N, H)  # tanh(LN(c~_t))
         us = None if weight_hr is None else x.new_empty(T, N, H)  # o * y, before W_hr
         h_tilde_buf = None if zone_h is None else x.new_empty(N, P)
-        w_hh_t = weight_hh.t()
-        w_hr_t = None if weight_hr is None else weight_hr.t()
+        w_hh_t = step_weight(weight_hh)
+        w_hr_t = None if weight_hr is None else step_weight(weight_hr)
         h, c = h0, c0
         for t in range(T):
             r = h if drop_mask is None else h * drop_mask

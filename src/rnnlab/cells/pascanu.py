@@ -83,6 +83,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from rnnlab.cells.elman import step_weight
+
 SIGMAS = ("tanh", "sigmoid")
 
 _SIGMA = {"tanh": torch.tanh, "sigmoid": torch.sigmoid}
@@ -140,7 +142,7 @@ class PascanuFunction(torch.autograd.Function):
         # s_prev[t] = sigma(x_{t-1}) of step t: what W_rec multiplies, and all backward needs.
         s_prev = xs.new_empty(T, N, H)
         act(x0, out=s_prev[0])
-        w_rec_t = weight_hh.t()
+        w_rec_t = step_weight(weight_hh)
         for t in range(T):
             # xs[t] already holds W_in u_t + b; add W_rec sigma(x_{t-1}) in place.
             xs[t].addmm_(s_prev[t], w_rec_t)
