@@ -358,10 +358,31 @@ def _layer_norm_backward(
 ) -> Tensor:
     """LN'(g; gamma, v_hat, rho) = rho (g_hat - mean(g_hat) - v_hat mean(g_hat v_hat)),
     g_hat = gamma * g: the gradient reaching the input v of gamma * v_hat + beta."""
-    g_hat = grad_out * gamma
-    mean_g, mean_gv = g_hat.mean(-1, keepdim=True), (g_hat * v_hat).mean(-1, keepdim=True)
-    g_hat.sub_(mean_g).addcmul_(v_hat, mean_gv, value=-1)
-    return torch.mul(g_hat, rstd, out=out)
+    return _layer_norm_grads(grad_out, gamma, v_hat, rstd, out=out)[0]
+
+
+def _layer_norm_grads(
+    grad_out: Tensor,
+    gamma: Tensor,
+    v_hat: Tensor,
+    rstd: Tensor,
+    out: Tensor | None = None,
+    gain: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """``(LN'(g), sum of g * v_hat over the rows or None)``: :func:`_layer_norm_backward`
+    and, with ``gain``, the gradient of gamma, in one call of PyTorch's own layer-norm
+    backward kernel (4-5x faster than the same formula in separate tensor operations, on
+    (2,500 x 512) float32 rows on one thread).
+
+    That kernel takes the layer's input, mean and rstd and normalises again; given v_hat
+    itself with mean 0 and rstd 1 it normalises to v_hat exactly (x - 0 and x * 1 are
+    exact), so its input gradient is LN'(g) / rho, scaled by rho after."""
+    shape = v_hat.shape[:-1] + (1,)
+    zeros, ones = v_hat.new_zeros(shape), v_hat.new_ones(shape)
+    grad_in, grad_gamma, _ = torch.ops.aten.native_layer_norm_backward(
+        grad_out, v_hat, v_hat.shape[-1:], zeros, ones, gamma, None, [True, gain, False]
+    )
+    return torch.mul(grad_in, rstd, out=out), grad_gamma
 
 
 def lstm_ext_step(
@@ -545,8 +566,7 @@ def ext_parameter_grads(needs, has_bias, inputs, grads, outputs, ln_saved):
     grad_a_x = dz  # a^x-bar: z-bar itself without LN
     grad_gamma_x = grad_gamma_h = grad_gamma_c = grad_beta_c = None
     if use_ln:
-        grad_a_x = _layer_norm_backward(dz, gamma_x, a_x_hats, rstd_x)
-        grad_gamma_x = (dz * a_x_hats).sum(0)
+        grad_a_x, grad_gamma_x = _layer_norm_grads(dz, gamma_x, a_x_hats, rstd_x, gain=True)
         grad_gamma_h = (dz * a_h_hats.view(T * N, 4 * H)).sum(0)
         grad_gamma_c = (grad_ns * c_hats).sum((0, 1))
         grad_beta_c = grad_ns.sum((0, 1))
