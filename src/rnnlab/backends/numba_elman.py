@@ -18,15 +18,15 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
-from rnnlab.backends.numba_generate import ACTIVATIONS, SIGMOID, TANH, _jit_parallel
+from rnnlab.backends.numba_generate import ACTIVATIONS, SIGMOID, TANH, _kernel_parallel
 from rnnlab.backends.numba_lstm import _np, _out, _parts, _zeros
-from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast
+from rnnlab.backends.numba_math import _kernel, _sigmoid_fast, _tanh_fast
 from rnnlab.cells.elman import _combined_bias, elman_grads, input_projection, step_weight
 
 KINDS = ACTIVATIONS  # the generation loop's codes: tanh, sigmoid, relu
 
 
-@_jit
+@_kernel
 def _forward_rows(t, lo, hi, kind, hs, rec):
     """Rows ``lo:hi`` of step t: ``hs[t]`` holds W_ih x_t + b and becomes
     h_t = phi(hs[t] + rec), ``rec`` = W_hh h_{t-1}.  One loop per nonlinearity, each
@@ -44,7 +44,7 @@ def _forward_rows(t, lo, hi, kind, hs, rec):
                 h[j] = max(h[j] + r[j], 0.0)
 
 
-@_jit
+@_kernel
 def _backward_rows(t, lo, hi, kind, hs, grad_hs, grad_r, delta):
     """Rows ``lo:hi`` of step t of the reverse loop: delta_t = (h-bar_t + W_hh^T
     delta_{t+1}) phi'(h_t), ``grad_r`` = W_hh^T delta_{t+1}."""
@@ -63,24 +63,24 @@ def _backward_rows(t, lo, hi, kind, hs, grad_hs, grad_r, delta):
 
 # A step over all rows, serial or in ``parts`` blocks over Numba's threads (see the note
 # at numba_lstm._forward_step on why these are separate functions).
-@_jit
+@_kernel
 def _forward_step(t, kind, hs, rec):
     _forward_rows(t, 0, hs.shape[1], kind, hs, rec)
 
 
-@_jit_parallel
+@_kernel_parallel
 def _forward_step_threads(t, kind, hs, rec, parts):
     N = hs.shape[1]
     for k in prange(parts):
         _forward_rows(t, k * N // parts, (k + 1) * N // parts, kind, hs, rec)
 
 
-@_jit
+@_kernel
 def _backward_step(t, kind, hs, grad_hs, grad_r, delta):
     _backward_rows(t, 0, hs.shape[1], kind, hs, grad_hs, grad_r, delta)
 
 
-@_jit_parallel
+@_kernel_parallel
 def _backward_step_threads(t, kind, hs, grad_hs, grad_r, delta, parts):
     N = hs.shape[1]
     for k in prange(parts):

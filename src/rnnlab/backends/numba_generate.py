@@ -105,9 +105,12 @@ _PARALLEL_PASSES = (
 _PRANGE_ONLY = {name: name == "prange" for name in _PARALLEL_PASSES}
 
 
-def _jit_parallel(fn):
+def _jit_parallel(fn, **extra):
     """:func:`_jit` with Numba's parallel loops (``prange``) and nothing else parallel."""
-    return _jit(fn, parallel=dict(_PRANGE_ONLY))
+    return _jit(fn, parallel=dict(_PRANGE_ONLY), **extra)
+
+
+_kernel_parallel = functools.partial(_jit_parallel, refcounts=False)  # views only (_jit)
 
 
 @_jit
@@ -119,7 +122,7 @@ def _activate(a, kind, like):
     return a if a > 0.0 else 0.0
 
 
-@functools.partial(_jit, fastmath={"contract"})
+@functools.partial(_jit, fastmath={"contract"}, refcounts=False)  # views only
 def _matvec_t(w_t, v, o):
     """o = w_t^T v: w_t is a block of weight columns stored transposed, (in, width), C order.
 

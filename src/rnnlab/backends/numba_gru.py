@@ -29,14 +29,14 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
-from rnnlab.backends.numba_generate import _jit_parallel
+from rnnlab.backends.numba_generate import _kernel_parallel
 from rnnlab.backends.numba_lstm import _np, _out, _parts, _zeros
-from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast
+from rnnlab.backends.numba_math import _kernel, _sigmoid_fast, _tanh_fast
 from rnnlab.cells.elman import input_projection, step_weight
 from rnnlab.cells.gru import torch_form_grads
 
 
-@_jit
+@_kernel
 def _forward_row(g, rec, h_prev, u, h):
     """One row of step t.  ``g`` holds a_t = W_ih x_t + b_ih and leaves as [r, z, n];
     ``rec`` = W_hh h_{t-1} + b_hh; out: ``u`` = u_t, ``h`` = h_t.  Each loop writes one
@@ -53,14 +53,14 @@ def _forward_row(g, rec, h_prev, u, h):
         h[j] = g_n[j] + g_z[j] * (h_prev[j] - g_n[j])
 
 
-@_jit
+@_kernel
 def _forward_rows(t, lo, hi, gates, rec, h0, us, hs):
     for n in range(lo, hi):
         h_prev = h0[n] if t == 0 else hs[t - 1, n]
         _forward_row(gates[t, n], rec[n], h_prev, us[t, n], hs[t, n])
 
 
-@_jit
+@_kernel
 def _backward_row(g, u, h_prev, grad_hs, grad_r, carry, delta, delta_h):
     """One row of step t of the reverse loop.  In: ``grad_r`` = W_hh^T delta^h_{t+1},
     ``carry`` = h-bar_{t+1} z_{t+1}.  Out: ``delta`` = delta_t, ``delta_h`` = delta^h_t
@@ -81,7 +81,7 @@ def _backward_row(g, u, h_prev, grad_hs, grad_r, carry, delta, delta_h):
         carry[j] = h_bar * z
 
 
-@_jit
+@_kernel
 def _backward_rows(t, lo, hi, gates, us, h0, hs, grad_hs, grad_r, carry, delta, delta_h):
     for n in range(lo, hi):
         h_prev = h0[n] if t == 0 else hs[t - 1, n]
@@ -91,24 +91,24 @@ def _backward_rows(t, lo, hi, gates, us, h0, hs, grad_hs, grad_r, carry, delta, 
 
 # A step over all rows, serial or in ``parts`` blocks over Numba's threads (see the note
 # at numba_lstm._forward_step on why these are separate functions).
-@_jit
+@_kernel
 def _forward_step(t, gates, rec, h0, us, hs):
     _forward_rows(t, 0, gates.shape[1], gates, rec, h0, us, hs)
 
 
-@_jit_parallel
+@_kernel_parallel
 def _forward_step_threads(t, gates, rec, h0, us, hs, parts):
     N = gates.shape[1]
     for k in prange(parts):
         _forward_rows(t, k * N // parts, (k + 1) * N // parts, gates, rec, h0, us, hs)
 
 
-@_jit
+@_kernel
 def _backward_step(t, arrays):
     _backward_rows(t, 0, arrays[0].shape[1], *arrays)
 
 
-@_jit_parallel
+@_kernel_parallel
 def _backward_step_threads(t, arrays, parts):
     N = arrays[0].shape[1]
     for k in prange(parts):

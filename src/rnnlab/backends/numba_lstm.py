@@ -52,8 +52,8 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
-from rnnlab.backends.numba_generate import _POOL_PID, _jit_parallel, _matvec_t, threads_usable
-from rnnlab.backends.numba_math import _jit, _sigmoid_fast, _tanh_fast, numba_threads
+from rnnlab.backends.numba_generate import _POOL_PID, _kernel_parallel, _matvec_t, threads_usable
+from rnnlab.backends.numba_math import _kernel, _sigmoid_fast, _tanh_fast, numba_threads
 from rnnlab.cells.elman import _combined_bias, step_weight
 from rnnlab.cells.lstm import (
     LN_EPS,
@@ -63,7 +63,7 @@ from rnnlab.cells.lstm import (
     ext_parameter_grads,
 )
 
-_sums = functools.partial(_jit, fastmath={"reassoc", "contract"})
+_sums = functools.partial(_kernel, fastmath={"reassoc", "contract"})
 
 
 @_sums
@@ -102,7 +102,7 @@ def _layer_norm_backward(g, gamma, v_hat, rho, out):
         out[j] = rho * (gamma[j] * g[j] - mean_g - v_hat[j] * mean_gv)
 
 
-@_jit
+@_kernel
 def _forward_row(z, a_h, c_prev, h_prev, m, peep, gamma_h, gamma_c, beta_c, zone_h, zone_c,
                  c_tilde, c, y, h, r, a_h_hat, c_hat):  # fmt: skip
     """One row of step t.  ``z`` holds the input side of the gates and leaves as the
@@ -166,7 +166,7 @@ def _forward_row(z, a_h, c_prev, h_prev, m, peep, gamma_h, gamma_c, beta_c, zone
     return rho_h, rho_c
 
 
-@_jit
+@_kernel
 def _forward_rows(t, lo, hi, arrays, opts, ln):
     """Rows ``lo:hi`` of step t: see :func:`_forward_row`.  ``arrays``: (gates, a_h, h0, c0,
     hs, cs, c_tildes, ys, r), ``a_h`` = r_{t-1} W_hh^T; ``opts``: (m, peep, gamma_h,
@@ -188,7 +188,7 @@ def _forward_rows(t, lo, hi, arrays, opts, ln):
             rstd_c[t, n, 0] = rho_c
 
 
-@_jit
+@_kernel
 def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamma_c,
                   zone_h, zone_c, a_h_hat, rho_h, c_hat, rho_c, carry_h, carry_c,
                   grad_z, grad_a_h, grad_n, c_bar, n_bar):  # fmt: skip
@@ -238,7 +238,7 @@ def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamm
         _layer_norm_backward(grad_z, gamma_h, a_h_hat, rho_h, grad_a_h)
 
 
-@_jit
+@_kernel
 def _backward_rows(t, lo, hi, arrays, opts, ln, scratch):
     """Rows ``lo:hi`` of step t of the reverse loop: see :func:`_backward_row`.
     ``arrays``: (gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_gates,
@@ -265,31 +265,31 @@ def _backward_rows(t, lo, hi, arrays, opts, ln, scratch):
 # over Numba's threads (every row is computed the same way either way, so the results do
 # not depend on the thread count).  Two functions, not one with a flag: Numba's cache keys
 # on the signature, not on the parallel option.
-@_jit
+@_kernel
 def _forward_step(t, arrays, opts, ln):
     _forward_rows(t, 0, arrays[0].shape[1], arrays, opts, ln)
 
 
-@_jit_parallel
+@_kernel_parallel
 def _forward_step_threads(t, arrays, opts, ln, parts):
     N = arrays[0].shape[1]
     for k in prange(parts):
         _forward_rows(t, k * N // parts, (k + 1) * N // parts, arrays, opts, ln)
 
 
-@_jit
+@_kernel
 def _backward_step(t, arrays, opts, ln, scratch):
     _backward_rows(t, 0, arrays[0].shape[1], arrays, opts, ln, scratch[0])
 
 
-@_jit_parallel
+@_kernel_parallel
 def _backward_step_threads(t, arrays, opts, ln, scratch):
     N, parts = arrays[0].shape[1], scratch.shape[0]
     for k in prange(parts):
         _backward_rows(t, k * N // parts, (k + 1) * N // parts, arrays, opts, ln, scratch[k])
 
 
-@_jit
+@_kernel
 def _forward_sequence(arrays, opts, ln, w_t):
     """Every step of the forward, matmul included, in one compiled call: for a few rows
     (:data:`SEQUENCE_ROWS`), where PyTorch's per-step call costs more than the product.
@@ -301,7 +301,7 @@ def _forward_sequence(arrays, opts, ln, w_t):
         _forward_rows(t, 0, gates.shape[1], arrays, opts, ln)
 
 
-@_jit
+@_kernel
 def _backward_sequence(arrays, opts, ln, scratch, w):
     """Every step of the reverse loop in one compiled call (see :func:`_forward_sequence`);
     ``w`` = W_hh, (4H, H), C order, gives ``grad_r`` = W_hh^T a^h-bar_t row by row."""

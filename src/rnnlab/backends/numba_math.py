@@ -20,15 +20,24 @@ from numba import types
 from numba.extending import overload
 
 
-def _jit(fn, **extra):
+def _jit(fn, refcounts: bool = True, **extra):
     """``numba.njit`` with the on-disk cache when a writable cache directory exists.
 
     Numba looks for a cache directory when the function is decorated (next to this file,
     else the user's cache directory, or ``NUMBA_CACHE_DIR``) and raises if none is
     writable, as in a read-only install with a read-only home: compile in memory then.
     ``RNNLAB_NUMBA_CACHE=0`` turns the cache off.
+
+    ``refcounts=False`` compiles without Numba's reference counting of arrays (its
+    ``_nrt`` option), for functions that only take views of arrays their caller owns and
+    allocate none.  Every view, and every array passed to another compiled function, then
+    costs no atomic increment and decrement of the owner's count: the LSTM's training
+    step over 50 rows of 128 units went from 81 to 32 µs forward and 55 to 24 µs backward
+    (one thread).  Such a function cannot allocate arrays (Numba refuses to compile it).
     """
     options = dict(error_model="numpy", **extra)  # x / 0 -> inf, as in torch (q may be 0)
+    if not refcounts:
+        options["_nrt"] = False
     if os.environ.get("RNNLAB_NUMBA_CACHE", "1") != "0":
         try:
             return numba.njit(cache=True, **options)(fn)
@@ -80,6 +89,9 @@ def _tanh_rational(x):
     p = _P1 + x2 * (_P3 + x2 * (_P5 + x2 * (_P7 + x2 * (_P9 + x2 * p))))
     q = _Q0 + x2 * (_Q2 + x2 * (_Q4 + x2 * _Q6))
     return x * p / q
+
+
+_kernel = functools.partial(_jit, refcounts=False)  # views only: see _jit
 
 
 def _tanh(a, like):
