@@ -126,6 +126,20 @@ def step_weight(weight: Tensor) -> Tensor:
     return weight.detach().t().contiguous()
 
 
+def outer_sum_prev(h0: Tensor, hs: Tensor, d: Tensor) -> Tensor:
+    """sum_t h_{t-1}^T d_t, (H, G), with h_{-1} = h0: the recurrent weight gradient's
+    sum over time, transposed.  ``d`` (T, N, G) may be a column slice of a larger tensor.
+    Two products (h0 with d_0, then hs[:-1] with d_1..d_{T-1}) rather than one over a
+    stacked copy of h_{t-1}: the same sums without a (T, N, H) copy.  Shared by the
+    Elman, GRU and LSTM backward passes."""
+    T, N, H = hs.shape
+    first = h0.t() @ d[0]
+    if T == 1:
+        return first
+    rest = d[1:].reshape((T - 1) * N, d.shape[2])
+    return torch.addmm(first, hs[:-1].reshape((T - 1) * N, H).t(), rest)
+
+
 def _combined_bias(bias_ih: Tensor | None, bias_hh: Tensor | None, like: Tensor) -> Tensor:
     """b_ih + b_hh (both biases sit outside the nonlinearity, so they act as one)."""
     if bias_ih is None and bias_hh is None:
@@ -188,8 +202,7 @@ def elman_grads(needs, has_bias, x, h0, hs, weight_ih, grad_a, grad_h):
     if needs[2]:
         grad_w_ih = (x.reshape(T * N, I).t() @ delta).t()
     if needs[3]:
-        h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]).view(T * N, H)
-        grad_w_hh = (h_prev.t() @ delta).t()
+        grad_w_hh = outer_sum_prev(h0, hs, grad_a).t()
     if any(needs[4:6]):
         grad_b = delta.sum(0)
         grad_b_ih = grad_b if has_bias[0] else None

@@ -81,9 +81,10 @@ the weight gradients are summed over time after the loop, one matmul each (two f
 Memory kept for backward by the fused forward, besides ``x``: ``T*N*5H`` values in the
 torch form (the activated gates r, z, n, :math:`u_t` and h_t) and ``T*N*4H`` in the cho
 form (r, z, n and h_t; :math:`\rho_t` is recomputed in backward).  Backward's workspace
-is ``T*N*7H`` in the torch form (:math:`\delta`, :math:`\delta^h` and the stacked
-:math:`h_{t-1}`) and ``T*N*5H`` in the cho form (:math:`\delta`, :math:`h_{t-1}`,
-:math:`\rho`).
+is ``T*N*4H`` in the torch form (:math:`\delta` and the n block of :math:`\delta^h`,
+:math:`\delta^n_t \odot r_t`: its r and z blocks are :math:`\delta`'s, so
+:math:`\delta^h` is kept for one step at a time only) and ``T*N*5H`` in the cho form
+(:math:`\delta`, :math:`h_{t-1}`, :math:`\rho`).
 
 Example:
 
@@ -108,7 +109,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab.cells.elman import _combined_bias, input_projection, step_weight
+from rnnlab.cells.elman import _combined_bias, input_projection, outer_sum_prev, step_weight
 
 GRU_FORMS = ("torch", "cho")
 
@@ -222,7 +223,8 @@ def _backward_torch(needs, grad_hs, x, h0, weight_ih, weight_hh, gates, us, hs):
     T = x.shape[0]
     H = hs.shape[2]
     grad_gates = torch.empty_like(gates)  # delta_t of every step, (T, N, 3H)
-    grad_recurrent = torch.empty_like(gates)  # delta^h_t of every step, (T, N, 3H)
+    grad_n_r = torch.empty_like(hs)  # delta^n_t * r_t of every step, (T, N, H)
+    step_h = gates.new_empty(gates.shape[1:])  # delta^h_t of the current step, (N, 3H)
     grad_h = torch.zeros_like(h0)  # h-bar_{t-1} collected from step t
     for t in range(T - 1, -1, -1):
         r, z, n = gates[t].chunk(3, dim=1)
@@ -231,21 +233,23 @@ def _backward_torch(needs, grad_hs, x, h0, weight_ih, weight_hh, gates, us, hs):
         grad_r, grad_z, grad_n = grad_gates[t].chunk(3, dim=1)
         _update_gate_grads(grad_h, h_prev, z, n, grad_z, grad_n)
         torch.mul(grad_n, us[t], out=grad_r).mul_(r * (1 - r))
-        grad_recurrent[t, :, : 2 * H] = grad_gates[t, :, : 2 * H]
-        torch.mul(grad_n, r, out=grad_recurrent[t, :, 2 * H :])
-        grad_h = torch.addmm(grad_h * z, grad_recurrent[t], weight_hh)
-    return torch_form_grads(needs, x, h0, hs, weight_ih, grad_gates, grad_recurrent, grad_h)
+        step_h[:, : 2 * H] = grad_gates[t, :, : 2 * H]
+        torch.mul(grad_n, r, out=grad_n_r[t])
+        step_h[:, 2 * H :] = grad_n_r[t]
+        grad_h = torch.addmm(grad_h * z, step_h, weight_hh)
+    return torch_form_grads(needs, x, h0, hs, weight_ih, grad_gates, grad_n_r, grad_h)
 
 
-def torch_form_grads(needs, x, h0, hs, weight_ih, grad_gates, grad_recurrent, grad_h):
+def torch_form_grads(needs, x, h0, hs, weight_ih, grad_gates, grad_n_r, grad_h):
     """The torch form's gradients after the reverse loop, one matmul or sum each:
     ``(grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)`` from delta
-    (``grad_gates``) and delta^h (``grad_recurrent``), both (T, N, 3H).  Shared by the
-    fused and the compiled (:mod:`rnnlab.backends.numba_gru`) backward."""
+    (``grad_gates``, (T, N, 3H)) and the n block of delta^h, delta^n * r (``grad_n_r``,
+    (T, N, H)): the r and z blocks of delta^h are delta's own, so delta^h is never
+    stored whole.  Shared by the fused and the compiled (:mod:`rnnlab.backends.numba_gru`)
+    backward."""
     T, N, I = x.shape
     H = hs.shape[2]
     delta = grad_gates.view(T * N, 3 * H)
-    delta_h = grad_recurrent.view(T * N, 3 * H)
     grad_x = grad_w_ih = grad_w_hh = grad_b_ih = grad_b_hh = None
     # (x^T delta)^T rather than delta^T x: the same sums, faster for these long, thin
     # operands (see rnnlab.cells.lstm.ext_parameter_grads)
@@ -254,12 +258,16 @@ def torch_form_grads(needs, x, h0, hs, weight_ih, grad_gates, grad_recurrent, gr
     if needs[2]:
         grad_w_ih = (x.reshape(T * N, I).t() @ delta).t()
     if needs[3]:
-        h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]).view(T * N, H)
-        grad_w_hh = (h_prev.t() @ delta_h).t()
-    if needs[4]:
+        # sum_t delta^h_t h_{t-1}^T in blocks [r, z] and n; h_{t-1} is h0 then hs[:-1]
+        # (two products each, rather than a copy of the stacked h_{t-1})
+        blocks = (grad_gates[:, :, : 2 * H], grad_n_r)
+        grad_w_hh = torch.cat([outer_sum_prev(h0, hs, d).t() for d in blocks])
+    if needs[4] or needs[5]:
         grad_b_ih = delta.sum(0)
     if needs[5]:
-        grad_b_hh = delta_h.sum(0)
+        grad_b_hh = torch.cat([grad_b_ih[: 2 * H], grad_n_r.sum((0, 1))])
+    if not needs[4]:
+        grad_b_ih = None
     return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
 

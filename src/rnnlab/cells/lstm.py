@@ -194,7 +194,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab.cells.elman import _combined_bias, input_projection, step_weight
+from rnnlab.cells.elman import _combined_bias, input_projection, outer_sum_prev, step_weight
 
 
 def lstm_step(
@@ -576,10 +576,11 @@ def ext_parameter_grads(needs, has_bias, inputs, grads, outputs, ln_saved):
     grad_w_ih = (x.reshape(T * N, I).t() @ grad_a_x).t() if needs[3] else None
     grad_w_hh = None
     if needs[4]:
-        r_prev = torch.cat([h0.unsqueeze(0), hs[:-1]])  # r_{t-1} = m h_{t-1}
-        if drop_mask is not None:
-            r_prev = r_prev * drop_mask
-        grad_w_hh = (r_prev.view(T * N, P).t() @ grad_a_h.reshape(T * N, 4 * H)).t()
+        if drop_mask is None:
+            grad_w_hh = outer_sum_prev(h0, hs, grad_a_h).t()
+        else:
+            r_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]) * drop_mask  # r_{t-1} = m h_{t-1}
+            grad_w_hh = (r_prev.view(T * N, P).t() @ grad_a_h.reshape(T * N, 4 * H)).t()
     grad_w_hr = None
     if weight_hr is not None and needs[7]:
         grad_w_hr = grad_h_tildes.view(T * N, P).t() @ us.view(T * N, H)
