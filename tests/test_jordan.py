@@ -10,6 +10,7 @@ A test case is a dict of named tensors; ``_call`` turns it into the keyword call
 from __future__ import annotations
 
 import doctest
+import functools
 import itertools
 import math
 
@@ -553,3 +554,80 @@ def test_property_shapes_and_fused_equals_reference(
 def test_module_doctest():
     result = doctest.testmod(jordan_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ---------------------------------------------------------------------------------------
+# 9. backend="numba": the fused function with the compiled hidden recurrence
+#    (rnnlab.backends.numba_elman.ElmanRecurrence), which runs under full teacher forcing.
+# ---------------------------------------------------------------------------------------
+
+compiled = pytest.importorskip("rnnlab.backends.numba_elman")
+jordan_compiled = functools.partial(jordan_sequence, recurrence=compiled.ElmanRecurrence)
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+@pytest.mark.parametrize("regime", ["teacher", "free"])
+def test_compiled_recurrence_matches_reference(regime, nonlinearity, output):
+    gen = _gen(60)
+    case = _case(gen, 7, 3, 4, 5, 2, True, regime)
+    loss = _loss_weights(gen, 7, 3, 5, 2)
+    got = _call(jordan_compiled, case, nonlinearity, output)
+    ref = _call(jordan_sequence_reference, case, nonlinearity, output)
+    _assert_outputs_close(got, ref)
+    leaves = _leaves(case)
+    zero = ("y0",) if regime == "teacher" else ()
+    _assert_grads_close(_grads(loss(got), leaves), _grads(loss(ref), leaves), zero)
+
+
+@pytest.mark.parametrize(("nonlinearity", "output"), [("tanh", "sigmoid"), ("sigmoid", "tanh")])
+def test_compiled_recurrence_gradcheck(nonlinearity, output):
+    case = _case(_gen(61), 4, 2, 3, 3, 2, True, "teacher", scale=0.9)
+    _gradcheck(case, nonlinearity, output, fn=jordan_compiled)
+
+
+def test_compiled_recurrence_chunked_equals_whole():
+    gen = _gen(62)
+    T, N, I, H, O = 9, 3, 4, 5, 2
+    case = _case(gen, T, N, I, H, O, True, "teacher")
+    whole = _call(jordan_compiled, case, "tanh", "tanh")
+    h, y, pieces, start = case["h0"], case["y0"], [], 0
+    for size in (2, 4, 3):
+        chunk = dict(case, h0=h, y0=y, x=case["x"][start : start + size])
+        chunk["teacher"] = case["teacher"][start : start + size]
+        hs, ys = _call(jordan_compiled, chunk, "tanh", "tanh")
+        h, y = hs[-1], ys[-1]
+        pieces.append((hs, ys))
+        start += size
+    _assert_outputs_close(tuple(torch.cat(p) for p in zip(*pieces, strict=True)), whole)
+
+
+def test_compiled_recurrence_float32_matches_fused():
+    gen = _gen(63)
+    case = {k: None if v is None else v.detach().float() for k, v in _case(
+        gen, 12, 16, 6, 24, 5, True, "teacher").items()}  # fmt: skip
+    got = _call(jordan_compiled, case, "tanh", "identity")
+    ref = _call(jordan_sequence, case, "tanh", "identity")
+    for a, b in zip(got, ref, strict=True):
+        assert_close(a, b, atol=2e-5, rtol=2e-5)
+
+
+def test_layer_takes_the_compiled_recurrence_and_matches_reference():
+    import rnnlab
+
+    torch.manual_seed(64)
+    layer = rnnlab.JordanRNN(4, 6, 3, hidden_recurrence=True).double()
+    assert layer.backend_choice().name == "numba"
+    assert rnnlab.JordanRNN(4, 6, 3).backend_choice().name == "fused"  # no hidden loop
+    with pytest.raises(ValueError, match="no hidden loop to compile"):
+        rnnlab.JordanRNN(4, 6, 3, backend="numba")
+    x = torch.randn(5, 2, 4, dtype=F64, requires_grad=True)
+    teacher = torch.randn(5, 2, 3, dtype=F64)
+    results = []
+    for backend in ("numba", "reference"):
+        layer.backend = backend
+        out, _ = layer(x, teacher=teacher)
+        grads = torch.autograd.grad(out.pow(2).sum(), [x, *layer.parameters()])
+        results.append([out, *grads])
+    for a, b in zip(*results, strict=True):
+        assert_close(a, b, **TIGHT)

@@ -1031,7 +1031,12 @@ class JordanRNN(_Stack):
     def _run_direction(self, x, state, params, steps=None):
         steps = steps or {}
         path = self.backend_choice().name
-        run = jordan_sequence if path == "fused" else jordan_sequence_reference
+        run = jordan_sequence_reference if path == "reference" else jordan_sequence
+        extra = {}
+        if path == "numba":  # imported here: importing Numba costs a second
+            from rnnlab.backends.numba_elman import ElmanRecurrence
+
+            extra["recurrence"] = ElmanRecurrence
         h0, y0 = (state[0], state[1]) if self.hidden_recurrence else (None, state[0])
         p = params
         hs, ys = run(
@@ -1049,6 +1054,7 @@ class JordanRNN(_Stack):
             output=self.output,
             teacher=steps.get("teacher"),
             teacher_mask=steps.get("mask"),
+            **extra,
         )
         final = (hs[-1], ys[-1]) if self.hidden_recurrence else (ys[-1],)
         return ys, final

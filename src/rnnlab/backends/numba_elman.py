@@ -19,7 +19,7 @@ from numba import prange
 from torch.autograd.function import once_differentiable
 
 from rnnlab.backends.numba_generate import ACTIVATIONS, SIGMOID, TANH, _kernel_parallel
-from rnnlab.backends.numba_lstm import _np, _out, _parts, _zeros
+from rnnlab.backends.numba_lstm import _np, _out, _parts
 from rnnlab.backends.numba_math import _kernel, _sigmoid_fast, _tanh_fast
 from rnnlab.cells.elman import _combined_bias, elman_grads, input_projection, step_weight
 
@@ -88,30 +88,64 @@ def _backward_step_threads(t, kind, hs, grad_hs, grad_r, delta, parts):
         _backward_rows(t, lo, hi, kind, hs, grad_hs, grad_r, delta)
 
 
+def recurrence_forward(hs, h0, weight_hh, nonlinearity):
+    """In place, step by step: ``hs[t]`` (T, N, H) holds the input side of step t and
+    becomes h_t = phi(hs[t] + W_hh h_{t-1}), each step one PyTorch matmul and one compiled
+    pass.  ``hs`` must be contiguous."""
+    T, N, H = hs.shape
+    kind = KINDS[nonlinearity]
+    rec = hs.new_empty(N, H)  # W_hh h_{t-1}
+    hs_np, rec_np = _out(hs), _out(rec)
+    parts = _parts(N)
+    w_hh_t = step_weight(weight_hh)
+    h = h0.detach()
+    for t in range(T):
+        torch.mm(h, w_hh_t, out=rec)
+        if parts > 1:
+            _forward_step_threads(t, kind, hs_np, rec_np, parts)
+        else:
+            _forward_step(t, kind, hs_np, rec_np)
+        h = hs[t]
+
+
+def recurrence_backward(hs, grad_hs, weight_hh, nonlinearity, delta):
+    """The reverse loop of :func:`recurrence_forward`: ``delta`` (T, N, H, contiguous)
+    receives delta_t = (h-bar_t + W_hh^T delta_{t+1}) phi'(h_t) for every step, where
+    ``grad_hs`` holds the gradient reaching each h_t from outside the recurrence; returns
+    W_hh^T delta_0, the gradient of h0."""
+    T, N, _ = hs.shape
+    kind = KINDS[nonlinearity]
+    grad_r = hs.new_zeros(N, hs.shape[2])  # W_hh^T delta_{t+1}
+    arrays = (_np(hs), _np(grad_hs), _out(grad_r), _out(delta))
+    parts = _parts(N)
+    for t in range(T - 1, -1, -1):
+        if parts > 1:
+            _backward_step_threads(t, kind, *arrays, parts)
+        else:
+            _backward_step(t, kind, *arrays)
+        torch.mm(delta[t], weight_hh, out=grad_r)
+    return grad_r
+
+
+class ElmanRecurrence:
+    """The compiled hidden recurrence as the Jordan network's fused path takes it
+    (``rnnlab.cells.jordan.jordan_sequence(recurrence=...)``): under teacher forcing its
+    hidden state follows exactly this loop."""
+
+    forward = staticmethod(recurrence_forward)
+    backward = staticmethod(recurrence_backward)
+
+
 class ElmanCompiledFunction(torch.autograd.Function):
     """The Elman layer's forward and hand-derived backward, each step one matmul and one
     compiled pass.  ``apply(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)``."""
 
     @staticmethod
     def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
-        T, N, I = x.shape
-        H = weight_hh.shape[0]
-        kind = KINDS[nonlinearity]
         bias = _combined_bias(bias_ih, bias_hh, x)
         hs = input_projection(x, weight_ih, bias)  # W_ih x_t + b of every step
-        rec = x.new_empty(N, H)  # W_hh h_{t-1}
-        hs_np, rec_np = _out(hs), _out(rec)
-        parts = _parts(N)
-        w_hh_t = step_weight(weight_hh)
-        h = h0.detach()
-        for t in range(T):
-            torch.mm(h, w_hh_t, out=rec)
-            if parts > 1:
-                _forward_step_threads(t, kind, hs_np, rec_np, parts)
-            else:
-                _forward_step(t, kind, hs_np, rec_np)
-            h = hs[t]
-        ctx.kind = kind
+        recurrence_forward(hs, h0, weight_hh, nonlinearity)
+        ctx.nonlinearity = nonlinearity
         ctx.has_bias = (bias_ih is not None, bias_hh is not None)
         ctx.save_for_backward(x, h0, weight_ih, weight_hh, hs)
         return hs
@@ -121,17 +155,9 @@ class ElmanCompiledFunction(torch.autograd.Function):
     def backward(ctx, grad_hs):
         x, h0, weight_ih, weight_hh, hs = ctx.saved_tensors
         delta = torch.empty_like(hs)  # delta_t of every step
-        grad_r = _zeros(h0, *h0.shape)  # W_hh^T delta_{t+1}
-        arrays = (_np(hs), _np(grad_hs), _out(grad_r), _out(delta))
-        parts = _parts(x.shape[1])
-        for t in range(x.shape[0] - 1, -1, -1):
-            if parts > 1:
-                _backward_step_threads(t, ctx.kind, *arrays, parts)
-            else:
-                _backward_step(t, ctx.kind, *arrays)
-            torch.mm(delta[t], weight_hh, out=grad_r)
+        grad_h0 = recurrence_backward(hs, grad_hs, weight_hh, ctx.nonlinearity, delta)
         needs, has_bias = ctx.needs_input_grad, ctx.has_bias
-        return elman_grads(needs, has_bias, x, h0, hs, weight_ih, delta, grad_r)
+        return elman_grads(needs, has_bias, x, h0, hs, weight_ih, delta, grad_h0)
 
 
 def elman_compiled_sequence(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity="tanh"):
@@ -144,4 +170,4 @@ def elman_compiled_sequence(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonli
     return ElmanCompiledFunction.apply(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)
 
 
-__all__ = ["ElmanCompiledFunction", "elman_compiled_sequence"]
+__all__ = ["ElmanCompiledFunction", "ElmanRecurrence", "elman_compiled_sequence"]

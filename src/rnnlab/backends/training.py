@@ -17,16 +17,20 @@ The layers of :mod:`rnnlab.layers` (``RNN``, ``LSTM``, ``GRU``, ``PascanuRNN``,
                the Elman layer on the CPU in float32 or float64: each step one PyTorch
                matmul and one compiled pass over the step's element-wise work, forward
                and backward (:mod:`rnnlab.backends.numba_lstm`, ``numba_gru``,
-               ``numba_elman``).
+               ``numba_elman``).  The Jordan network with hidden recurrence: its fused
+               path with the hidden loop compiled (``numba_elman.ElmanRecurrence``)
+               wherever that loop is the Elman one, under full teacher forcing; a
+               free-running or scheduled-sampling call runs as ``fused``.
 
 ``auto`` (the default) takes the fastest of these that computes the same function, by
 the rule in :func:`choose_training_backend`: ``torch`` for the plain LSTM on every device
 and for every counterpart on a GPU (cuDNN); ``numba`` on the CPU for the LSTM with
-peepholes, layer norm, zoneout or recurrent dropout, the torch-form GRU and every Elman
-layer (faster than ``fused`` for each, and the GRU and Elman layers faster than
-``torch.nn``'s kernels: docs/performance.md); ``fused`` for everything else (the projected
-LSTM with options, the GRU's Cho form, the Pascanu and Jordan layers), and wherever Numba
-cannot be imported.  No path changes results beyond floating-point rounding: the tests
+peepholes, layer norm, zoneout or recurrent dropout, the torch-form GRU, every Elman
+layer and the Jordan network with hidden recurrence (faster than ``fused`` for each, and
+the GRU and Elman layers faster than ``torch.nn``'s kernels: docs/performance.md);
+``fused`` for everything else (the projected LSTM with options, the GRU's Cho form, the
+Pascanu layer, the Jordan network without hidden recurrence), and wherever Numba cannot
+be imported.  No path changes results beyond floating-point rounding: the tests
 hold ``fused``, ``numba`` and ``torch`` to the reference at 1e-10 in float64.
 """
 
@@ -95,6 +99,10 @@ def choose_training_backend(layer, backend: str | None = None) -> BackendChoice:
     device = _device(layer)
     if kernel is None:
         if _numba_pays(layer):
+            if _is_jordan(layer):
+                return BackendChoice(
+                    "numba", f"{why}; compiled hidden recurrence under teacher forcing"
+                )
             return BackendChoice("numba", f"{why}; compiled steps beat fused on the CPU")
         return BackendChoice("fused", why)
     if device.type != "cpu":
@@ -109,8 +117,14 @@ def choose_training_backend(layer, backend: str | None = None) -> BackendChoice:
 def numba_unsupported(layer) -> str | None:
     """Why the compiled path (``backend="numba"``) cannot run ``layer``, or None."""
     kind = getattr(layer, "cell_kind", None)
-    if kind not in ("lstm", "gru", "rnn"):
-        return f"it runs LSTM, GRU and Elman layers only, not {type(layer).__name__}"
+    if kind is None and _is_jordan(layer):
+        if not layer.hidden_recurrence:
+            return (
+                "a Jordan network without hidden recurrence has no hidden loop to compile; "
+                "use backend='fused'"
+            )
+    elif kind not in ("lstm", "gru", "rnn"):
+        return f"it runs LSTM, GRU, Elman and Jordan layers only, not {type(layer).__name__}"
     if kind == "lstm" and layer.proj_size:
         return "it has no projection (proj_size); use backend='fused'"
     if kind == "gru" and layer.form != "torch":
@@ -136,6 +150,10 @@ def _numba_pays(layer) -> bool:
     from rnnlab.backends.numba_math import is_cached
 
     return is_cached(numba_lstm._forward_step)
+
+
+def _is_jordan(layer) -> bool:
+    return hasattr(layer, "hidden_recurrence")  # rnnlab.layers.JordanRNN
 
 
 def _dtype(layer) -> torch.dtype:

@@ -128,6 +128,7 @@ from rnnlab.cells.elman import (
     _activation_grad,
     _combined_bias,
     check_nonlinearity,
+    input_projection,
     step_weight,
 )
 
@@ -280,8 +281,13 @@ class JordanFunction(torch.autograd.Function):
     """Whole-sequence Jordan forward with BPTT written by hand (see the module docstring).
 
     ``apply(x, h0, y0, teacher, teacher_mask, weight_ih, weight_yh, weight_hh, weight_ho,
-    bias_ih, bias_hh, bias_o, nonlinearity, output)``, every optional tensor ``None`` when
-    absent and ``teacher_mask`` already in the dtype of ``x``.  Returns ``(hs, ys)``.
+    bias_ih, bias_hh, bias_o, nonlinearity, output, recurrence)``, every optional tensor
+    ``None`` when absent and ``teacher_mask`` already in the dtype of ``x``.  Returns
+    ``(hs, ys)``.  ``recurrence`` (or None) runs the hidden recurrence under full teacher
+    forcing, where it is the Elman loop h_t = phi(a_t + W_hh h_{t-1}): an object with
+    ``forward(hs, h0, weight_hh, nonlinearity)`` (in place) and ``backward(hs, grad_h,
+    weight_hh, nonlinearity, delta)`` (fills delta, returns h0's gradient), such as the
+    compiled :class:`rnnlab.backends.numba_elman.ElmanRecurrence`.
     """
 
     @staticmethod
@@ -301,6 +307,7 @@ class JordanFunction(torch.autograd.Function):
         bias_o,
         nonlinearity,
         output,
+        recurrence=None,
     ):
         T, N, I = x.shape
         H, O = weight_ih.shape[0], weight_ho.shape[0]
@@ -310,9 +317,7 @@ class JordanFunction(torch.autograd.Function):
         own_fed = teacher is None or teacher_mask is not None
         # hs[t] starts as the pre-activation a_t and is turned into h_t in place.  Input
         # projections of all steps in one matmul; the biases ride along.
-        hs = torch.addmm(
-            _combined_bias(bias_ih, bias_hh, x), x.reshape(T * N, I), weight_ih.t()
-        ).view(T, N, H)
+        hs = input_projection(x, weight_ih, _combined_bias(bias_ih, bias_hh, x))
         if not own_fed:
             # Full teacher forcing: the feedback projections W_yh y*_{t-1} of all steps
             # are known in advance, one matmul too.
@@ -332,7 +337,9 @@ class JordanFunction(torch.autograd.Function):
                 h = act_(hs[t])
                 y = out_(torch.addmm(b_o, h, w_ho_t, out=ys[t]))
         else:
-            if hidden:
+            if hidden and recurrence is not None:
+                recurrence.forward(hs, h0, weight_hh, nonlinearity)
+            elif hidden:
                 for t in range(T):
                     hs[t].addmm_(h, w_hh_t)
                     h = act_(hs[t])
@@ -341,6 +348,7 @@ class JordanFunction(torch.autograd.Function):
             # No output feeds back, so the outputs of all steps are one matmul.
             out_(torch.addmm(b_o, hs.view(T * N, H), w_ho_t, out=ys.view(T * N, O)))
         ctx.activations = (nonlinearity, output)
+        ctx.recurrence = recurrence
         ctx.has_bias = (bias_ih is not None, bias_hh is not None, bias_o is not None)
         ctx.save_for_backward(
             x, h0, y0, teacher, teacher_mask, weight_ih, weight_yh, weight_hh, weight_ho, hs, ys
@@ -382,7 +390,9 @@ class JordanFunction(torch.autograd.Function):
             torch.mul(grad_ys, _output_grad(ys, output), out=grad_o)
             grad_h = torch.addmm(grad_hs.reshape(T * N, H), grad_o.view(T * N, O), weight_ho)
             grad_h = grad_h.view(T, N, H)
-            if hidden:
+            if hidden and ctx.recurrence is not None:
+                grad_h_next = ctx.recurrence.backward(hs, grad_h, weight_hh, nonlinearity, grad_a)
+            elif hidden:
                 for t in range(T - 1, -1, -1):
                     grad_h_t = grad_h[t] + grad_h_next
                     torch.mul(grad_h_t, _activation_grad(hs[t], nonlinearity), out=grad_a[t])
@@ -440,6 +450,7 @@ class JordanFunction(torch.autograd.Function):
             grad_b_o,
             None,
             None,
+            None,
         )
 
 
@@ -464,10 +475,12 @@ def jordan_sequence(
     output="identity",
     teacher=None,
     teacher_mask=None,
+    recurrence=None,
 ):
     """Fused Jordan sequence: ``(hs, ys)`` with hand-derived BPTT as its backward.
 
-    Same arguments and results as :func:`jordan_sequence_reference`.
+    Same arguments and results as :func:`jordan_sequence_reference`; ``recurrence``: see
+    :class:`JordanFunction` (the compiled hidden recurrence of ``backend="numba"``).
     """
     _check_args(
         x, h0, y0, weight_ho, weight_hh, bias_hh, teacher, teacher_mask, nonlinearity, output
@@ -487,4 +500,5 @@ def jordan_sequence(
         bias_o,
         nonlinearity,
         output,
+        recurrence,
     )
