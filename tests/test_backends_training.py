@@ -284,8 +284,8 @@ def test_auto_never_takes_torch_without_a_counterpart(name):
     cls, kw = NO_COUNTERPART[name]
     layer = cls(I, H, **kw)
     choice = layer.backend_choice()
-    # the LSTM's options and the sigmoid Elman layer take the compiled steps on the CPU
-    compiled = name.startswith("lstm-") or name == "rnn-sigmoid"
+    # the LSTM's options, the sigmoid Elman and the Pascanu layers take the compiled steps
+    compiled = name.startswith("lstm-") or name in ("rnn-sigmoid", "pascanu")
     assert choice.name == ("numba" if compiled else "fused")
     assert choice.reason  # says why
     with pytest.raises(ValueError, match="backend 'torch' cannot run this layer"):

@@ -178,7 +178,7 @@ def test_auto_takes_it_for_the_lstm_options_only():
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: rnnlab.PascanuRNN(I, H, backend="numba"), "LSTM, GRU and Elman layers only"),
+        (lambda: rnnlab.JordanRNN(I, H, 2, backend="numba"), "no hidden loop to compile"),
         (lambda: rnnlab.GRU(I, H, form="cho", backend="numba"), "torch form only"),
         (lambda: rnnlab.LSTM(I, H, proj_size=2, backend="numba"), "no projection"),
         (

@@ -894,6 +894,8 @@ class PascanuRNN(_Stack):
     def _run_direction(self, x, state, params):
         path = self.backend_choice().name
         run = pascanu_sequence if path == "fused" else pascanu_sequence_reference
+        if path == "numba":  # imported here: importing Numba costs a second
+            from rnnlab.backends.numba_pascanu import pascanu_compiled_sequence as run
         xs = run(
             x, state[0], params["weight_ih"], params["weight_hh"], params.get("bias"), self.sigma
         )

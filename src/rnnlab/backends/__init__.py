@@ -47,6 +47,7 @@ def numba_import_error() -> str | None:
         import rnnlab.backends.numba_generate  # noqa: F401
         import rnnlab.backends.numba_gru  # noqa: F401
         import rnnlab.backends.numba_lstm  # noqa: F401
+        import rnnlab.backends.numba_pascanu  # noqa: F401
     except Exception as exc:  # ImportError, or a broken llvmlite
         return f"{type(exc).__name__}: {exc}".splitlines()[0]
     return None

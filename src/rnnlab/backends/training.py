@@ -17,7 +17,8 @@ The layers of :mod:`rnnlab.layers` (``RNN``, ``LSTM``, ``GRU``, ``PascanuRNN``,
                the Elman layer on the CPU in float32 or float64: each step one PyTorch
                matmul and one compiled pass over the step's element-wise work, forward
                and backward (:mod:`rnnlab.backends.numba_lstm`, ``numba_gru``,
-               ``numba_elman``).  The Jordan network with hidden recurrence: its fused
+               ``numba_elman``), and the Pascanu form (``numba_pascanu``).  The Jordan
+               network with hidden recurrence: its fused
                path with the hidden loop compiled (``numba_elman.ElmanRecurrence``)
                wherever that loop is the Elman one, under full teacher forcing; a
                free-running or scheduled-sampling call runs as ``fused``.
@@ -26,10 +27,10 @@ The layers of :mod:`rnnlab.layers` (``RNN``, ``LSTM``, ``GRU``, ``PascanuRNN``,
 the rule in :func:`choose_training_backend`: ``torch`` for the plain LSTM on every device
 and for every counterpart on a GPU (cuDNN); ``numba`` on the CPU for the LSTM with
 peepholes, layer norm, zoneout or recurrent dropout, the torch-form GRU, every Elman
-layer and the Jordan network with hidden recurrence (faster than ``fused`` for each, and
-the GRU and Elman layers faster than ``torch.nn``'s kernels: docs/performance.md);
-``fused`` for everything else (the projected LSTM with options, the GRU's Cho form, the
-Pascanu layer, the Jordan network without hidden recurrence), and wherever Numba cannot
+layer, the Pascanu layer and the Jordan network with hidden recurrence (faster than
+``fused`` for each, and the GRU and Elman layers faster than ``torch.nn``'s kernels:
+docs/performance.md); ``fused`` for everything else (the projected LSTM with options, the
+GRU's Cho form, the Jordan network without hidden recurrence), and wherever Numba cannot
 be imported.  No path changes results beyond floating-point rounding: the tests
 hold ``fused``, ``numba`` and ``torch`` to the reference at 1e-10 in float64.
 """
@@ -123,8 +124,10 @@ def numba_unsupported(layer) -> str | None:
                 "a Jordan network without hidden recurrence has no hidden loop to compile; "
                 "use backend='fused'"
             )
-    elif kind not in ("lstm", "gru", "rnn"):
-        return f"it runs LSTM, GRU, Elman and Jordan layers only, not {type(layer).__name__}"
+    elif kind not in ("lstm", "gru", "rnn") and not _is_pascanu(layer):
+        return (
+            f"it runs LSTM, GRU, Elman, Pascanu and Jordan layers only, not {type(layer).__name__}"
+        )
     if kind == "lstm" and layer.proj_size:
         return "it has no projection (proj_size); use backend='fused'"
     if kind == "gru" and layer.form != "torch":
@@ -150,6 +153,10 @@ def _numba_pays(layer) -> bool:
     from rnnlab.backends.numba_math import is_cached
 
     return is_cached(numba_lstm._forward_step)
+
+
+def _is_pascanu(layer) -> bool:
+    return hasattr(layer, "sigma")  # rnnlab.layers.PascanuRNN
 
 
 def _is_jordan(layer) -> bool:
