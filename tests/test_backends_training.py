@@ -284,15 +284,13 @@ def test_auto_never_takes_torch_without_a_counterpart(name):
     cls, kw = NO_COUNTERPART[name]
     layer = cls(I, H, **kw)
     choice = layer.backend_choice()
-    # the LSTM's options, the sigmoid Elman and the Pascanu layers take the compiled steps
-    compiled = name.startswith("lstm-") or name in ("rnn-sigmoid", "pascanu")
-    assert choice.name == ("numba" if compiled else "fused")
+    assert choice.name == "numba"  # every one of them takes the compiled steps on the CPU
     assert choice.reason  # says why
     with pytest.raises(ValueError, match="backend 'torch' cannot run this layer"):
         cls(I, H, backend="torch", **kw)
 
 
-def test_jordan_stays_fused_and_refuses_torch():
+def test_jordan_without_hidden_recurrence_stays_fused_and_refuses_torch():
     assert rnnlab.JordanRNN(3, 4, 2).backend_choice().name == "fused"
     with pytest.raises(ValueError, match="no torch.nn counterpart"):
         rnnlab.JordanRNN(3, 4, 2, backend="torch")

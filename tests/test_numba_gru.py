@@ -33,29 +33,35 @@ def problem(dtype, bias=True, seed=0):
     return args, weights
 
 
-def values_and_grads(run, dtype, bias=True):
+FORMS = ["torch", "cho"]
+
+
+def values_and_grads(run, dtype, bias=True, form="torch"):
     args, weights = problem(dtype, bias)
-    hs = run(*args)
+    hs = run(*args, form)
     leaves = [a for a in args if a is not None]
     return [hs, *torch.autograd.grad((hs * weights).sum(), leaves)]
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-def test_equals_the_reference_in_float64(bias):
-    got = values_and_grads(gru_compiled_sequence, F64, bias)
-    expected = values_and_grads(gru_sequence_reference, F64, bias)
+def test_equals_the_reference_in_float64(bias, form):
+    got = values_and_grads(gru_compiled_sequence, F64, bias, form)
+    expected = values_and_grads(gru_sequence_reference, F64, bias, form)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, **TIGHT)
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("form", FORMS)
+def test_gradcheck(form):
     args, _ = problem(F64)
-    assert torch.autograd.gradcheck(gru_compiled_sequence, tuple(args))
+    assert torch.autograd.gradcheck(lambda *a: gru_compiled_sequence(*a, form), tuple(args))
 
 
-def test_float32_equals_the_fused_path():
-    got = values_and_grads(gru_compiled_sequence, torch.float32)
-    expected = values_and_grads(gru_sequence, torch.float32)
+@pytest.mark.parametrize("form", FORMS)
+def test_float32_equals_the_fused_path(form):
+    got = values_and_grads(gru_compiled_sequence, torch.float32, form=form)
+    expected = values_and_grads(gru_sequence, torch.float32, form=form)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
 
@@ -68,13 +74,13 @@ def run_layer(layer, x, lengths=None):
     return [out, h, *torch.autograd.grad(loss, [x, *layer.parameters()])]
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("varlen", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
-def test_layer_equals_the_reference_layer(varlen, batch_first):
+def test_layer_equals_the_reference_layer(varlen, batch_first, form):
     torch.manual_seed(0)
-    ours = rnnlab.GRU(
-        I, H, num_layers=2, bidirectional=True, batch_first=batch_first, backend="numba", dtype=F64
-    )
+    kw = dict(bidirectional=True, batch_first=batch_first, backend="numba", dtype=F64)
+    ours = rnnlab.GRU(I, H, num_layers=2, form=form, **kw)
     reference = copy.deepcopy(ours)
     reference.backend = "reference"
     x = torch.randn((N, T, I) if batch_first else (T, N, I), dtype=F64)
@@ -113,33 +119,35 @@ def test_chunked_equals_whole_with_state_carried():
     torch.testing.assert_close(state, h, **TIGHT)
 
 
-def test_auto_takes_it_for_the_torch_form_on_the_cpu():
+def test_auto_takes_it_for_both_forms_on_the_cpu():
     assert rnnlab.GRU(I, H).backend_choice().name == "numba"
-    assert rnnlab.GRU(I, H, form="cho").backend_choice().name == "fused"
+    assert rnnlab.GRU(I, H, form="cho").backend_choice().name == "numba"
     assert "backend='auto' -> 'numba'" in repr(rnnlab.GRU(I, H))
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
-def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, dtype):
+def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, dtype, form):
     import rnnlab.backends.numba_gru as numba_gru
 
     runs = []
     for parts in (1, 2, 5):
         monkeypatch.setattr(numba_gru, "_parts", lambda rows, parts=parts: parts)
-        runs.append(values_and_grads(gru_compiled_sequence, dtype))
+        runs.append(values_and_grads(gru_compiled_sequence, dtype, form=form))
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):
             assert torch.equal(a, b)
 
 
-def test_transposed_initial_state():
+@pytest.mark.parametrize("form", FORMS)
+def test_transposed_initial_state(form):
     """A transposed (not contiguous) h0 gives the reference's values and gradients."""
     args, weights = problem(F64)
     args[1] = args[1].detach().t().contiguous().t().requires_grad_()
     assert not args[1].is_contiguous()
     results = []
     for run in (gru_compiled_sequence, gru_sequence_reference):
-        hs = run(*args)
+        hs = run(*args, form)
         results.append([hs, *torch.autograd.grad((hs * weights).sum(), args)])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, **TIGHT)

@@ -179,7 +179,6 @@ def test_auto_takes_it_for_the_lstm_options_only():
     "make, message",
     [
         (lambda: rnnlab.JordanRNN(I, H, 2, backend="numba"), "no hidden loop to compile"),
-        (lambda: rnnlab.GRU(I, H, form="cho", backend="numba"), "torch form only"),
         (lambda: rnnlab.LSTM(I, H, proj_size=2, backend="numba"), "no projection"),
         (
             lambda: rnnlab.LSTM(I, H, backend="numba", dtype=torch.bfloat16).backend_choice(),

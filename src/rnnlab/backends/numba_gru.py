@@ -1,10 +1,12 @@
-r"""Compiled training path of the GRU in the torch form (Numba): ``backend="numba"``.
+r"""Compiled training path of the GRU, both forms (Numba): ``backend="numba"``.
 
 The equations, the hand-derived backward and the names are those of
 :mod:`rnnlab.cells.gru`, torch form (``torch.nn.GRU``'s):
 :math:`n_t = \tanh(a^n_t + r_t \odot u_t)` with :math:`u_t = W_{hn} h_{t-1} + b_{hn}`.
-The Cho form puts a second matmul inside the step (after the reset gate) and takes the
-fused path.
+The Cho form, :math:`n_t = \tanh(a^n_t + W_{hn} (r_t \odot h_{t-1}))`, puts a second
+matmul inside the step, after the reset gate: :class:`GRUChoCompiledFunction` runs each
+of its steps as two matmuls, each followed by one compiled pass (the comment above it
+gives the split).
 
 As in :mod:`rnnlab.backends.numba_lstm`, each step is one PyTorch matmul and one compiled
 pass over the step's element-wise work, row by row:
@@ -33,8 +35,8 @@ from torch.autograd.function import once_differentiable
 from rnnlab.backends.numba_generate import _kernel_parallel
 from rnnlab.backends.numba_lstm import _np, _out, _parts, _zeros
 from rnnlab.backends.numba_math import _kernel, _sigmoid_fast, _tanh_fast
-from rnnlab.cells.elman import input_projection, step_weight
-from rnnlab.cells.gru import torch_form_grads
+from rnnlab.cells.elman import _combined_bias, input_projection, step_weight
+from rnnlab.cells.gru import cho_form_grads, torch_form_grads
 
 
 @_kernel
@@ -188,14 +190,199 @@ class GRUCompiledFunction(torch.autograd.Function):
         )
 
 
+# The Cho form: n needs r_t before its matmul, so a step is two matmuls, each followed by
+# a compiled pass (cells/gru.py, "cho form"):
+#   forward   rec = h W_hrz^T;  [r, z] = sigmoid(a + rec), rho = r h      (pass 1)
+#             rec_n = rho W_hn^T;  n = tanh(a_n + rec_n), h_t = n + z (h - n)   (pass 2)
+#   backward  h-bar = carry + h-bar_t + g;  delta^z, delta^n              (pass 1)
+#             rho-bar = delta^n W_hn;  delta^r = rho-bar h r (1 - r),
+#             carry = h-bar z + rho-bar r                                 (pass 2)
+#             g = [delta^r, delta^z] W_hrz   (what h_{t-1} gets through the r, z matmul)
+@_kernel
+def _cho_forward_rows_1(t, lo, hi, gates, rec, h0, hs, rho):
+    for n in range(lo, hi):
+        h = h0[n] if t == 0 else hs[t - 1, n]
+        g, r_, p = gates[t, n], rec[n], rho[n]
+        H = h.shape[0]
+        g_rz = g[: 2 * H]
+        for j in range(2 * H):
+            g_rz[j] = _sigmoid_fast(g_rz[j] + r_[j], g)
+        for j in range(H):
+            p[j] = g[j] * h[j]
+
+
+@_kernel
+def _cho_forward_rows_2(t, lo, hi, gates, rec_n, h0, hs):
+    for n in range(lo, hi):
+        h = h0[n] if t == 0 else hs[t - 1, n]
+        g, r_, out = gates[t, n], rec_n[n], hs[t, n]
+        H = h.shape[0]
+        z, g_n = g[H : 2 * H], g[2 * H :]
+        for j in range(H):
+            g_n[j] = _tanh_fast(g_n[j] + r_[j], g)
+        for j in range(H):
+            out[j] = g_n[j] + z[j] * (h[j] - g_n[j])
+
+
+@_kernel
+def _cho_backward_rows_1(t, lo, hi, gates, h0, hs, grad_hs, g_rz, carry, delta):
+    for n in range(lo, hi):
+        h = h0[n] if t == 0 else hs[t - 1, n]
+        g, e, gr, c, d = gates[t, n], grad_hs[t, n], g_rz[n], carry[n], delta[t, n]
+        H = h.shape[0]
+        z, n_, d_z, d_n = g[H : 2 * H], g[2 * H :], d[H : 2 * H], d[2 * H :]
+        for j in range(H):
+            c[j] += e[j] + gr[j]  # h-bar_t
+        for j in range(H):
+            d_z[j] = c[j] * (h[j] - n_[j]) * z[j] * (1.0 - z[j])
+        for j in range(H):
+            d_n[j] = c[j] * (1.0 - z[j]) * (1.0 - n_[j] * n_[j])
+
+
+@_kernel
+def _cho_backward_rows_2(t, lo, hi, gates, h0, hs, grad_rho, carry, delta):
+    for n in range(lo, hi):
+        h = h0[n] if t == 0 else hs[t - 1, n]
+        g, p, c, d = gates[t, n], grad_rho[n], carry[n], delta[t, n]
+        H = h.shape[0]
+        r, z = g[:H], g[H : 2 * H]
+        for j in range(H):
+            d[j] = p[j] * h[j] * r[j] * (1.0 - r[j])
+        for j in range(H):
+            c[j] = c[j] * z[j] + p[j] * r[j]
+
+
+# Each pass over all rows, serial (parts == 1) or split over Numba's threads.
+@_kernel
+def _cho_forward_1(t, gates, rec, h0, hs, rho):
+    _cho_forward_rows_1(t, 0, gates.shape[1], gates, rec, h0, hs, rho)
+
+
+@_kernel_parallel
+def _cho_forward_1_threads(t, gates, rec, h0, hs, rho, parts):
+    N = gates.shape[1]
+    for k in prange(parts):
+        _cho_forward_rows_1(t, k * N // parts, (k + 1) * N // parts, gates, rec, h0, hs, rho)
+
+
+@_kernel
+def _cho_forward_2(t, gates, rec_n, h0, hs):
+    _cho_forward_rows_2(t, 0, gates.shape[1], gates, rec_n, h0, hs)
+
+
+@_kernel_parallel
+def _cho_forward_2_threads(t, gates, rec_n, h0, hs, parts):
+    N = gates.shape[1]
+    for k in prange(parts):
+        _cho_forward_rows_2(t, k * N // parts, (k + 1) * N // parts, gates, rec_n, h0, hs)
+
+
+@_kernel
+def _cho_backward_1(t, arrays):
+    _cho_backward_rows_1(t, 0, arrays[0].shape[1], *arrays)
+
+
+@_kernel_parallel
+def _cho_backward_1_threads(t, arrays, parts):
+    N = arrays[0].shape[1]
+    for k in prange(parts):
+        _cho_backward_rows_1(t, k * N // parts, (k + 1) * N // parts, *arrays)
+
+
+@_kernel
+def _cho_backward_2(t, arrays):
+    _cho_backward_rows_2(t, 0, arrays[0].shape[1], *arrays)
+
+
+@_kernel_parallel
+def _cho_backward_2_threads(t, arrays, parts):
+    N = arrays[0].shape[1]
+    for k in prange(parts):
+        _cho_backward_rows_2(t, k * N // parts, (k + 1) * N // parts, *arrays)
+
+
+class GRUChoCompiledFunction(torch.autograd.Function):
+    """The Cho-form GRU's forward and hand-derived backward, each step two matmuls, each
+    followed by one compiled pass.  ``apply(x, h0, weight_ih, weight_hh, bias_ih,
+    bias_hh)``; b_hh joins b_ih, as in the fused path."""
+
+    @staticmethod
+    def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh):
+        T, N, _ = x.shape
+        H = weight_hh.shape[1]
+        gates = input_projection(x, weight_ih, _combined_bias(bias_ih, bias_hh, x))
+        hs = x.new_empty(T, N, H)
+        rec, rho, rec_n = x.new_empty(N, 2 * H), x.new_empty(N, H), x.new_empty(N, H)
+        g_np, h0_np, hs_np = _out(gates), _np(h0), _out(hs)
+        rec_np, rho_np, rec_n_np = _out(rec), _out(rho), _out(rec_n)
+        parts = _parts(N)
+        w_hrz_t = step_weight(weight_hh[: 2 * H])
+        w_hn_t = step_weight(weight_hh[2 * H :])
+        h = h0.detach()
+        for t in range(T):
+            torch.mm(h, w_hrz_t, out=rec)
+            if parts > 1:
+                _cho_forward_1_threads(t, g_np, rec_np, h0_np, hs_np, rho_np, parts)
+            else:
+                _cho_forward_1(t, g_np, rec_np, h0_np, hs_np, rho_np)
+            torch.mm(rho, w_hn_t, out=rec_n)
+            if parts > 1:
+                _cho_forward_2_threads(t, g_np, rec_n_np, h0_np, hs_np, parts)
+            else:
+                _cho_forward_2(t, g_np, rec_n_np, h0_np, hs_np)
+            h = hs[t]
+        ctx.has_bias = (bias_ih is not None, bias_hh is not None)
+        ctx.save_for_backward(x, h0, weight_ih, weight_hh, gates, hs)
+        return hs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_hs):
+        x, h0, weight_ih, weight_hh, gates, hs = ctx.saved_tensors
+        T, N, _ = x.shape
+        H = hs.shape[2]
+        w_hrz, w_hn = weight_hh[: 2 * H], weight_hh[2 * H :]
+        delta = torch.empty_like(gates)  # delta_t of every step, (T, N, 3H)
+        g_rz = _zeros(h0, N, H)  # W_hrz^T [delta^r; delta^z]_{t+1}
+        carry = _zeros(h0, N, H)  # h-bar_{t+1} z_{t+1} + rho-bar_{t+1} r_{t+1}
+        grad_rho = h0.new_empty(N, H)  # W_hn^T delta^n_t
+        common = (_np(gates), _np(h0), _np(hs))
+        first = (*common, _np(grad_hs), _out(g_rz), _out(carry), _out(delta))
+        second = (*common, _out(grad_rho), _out(carry), _out(delta))
+        parts = _parts(N)
+        for t in range(T - 1, -1, -1):
+            if parts > 1:
+                _cho_backward_1_threads(t, first, parts)
+            else:
+                _cho_backward_1(t, first)
+            torch.mm(delta[t, :, 2 * H :], w_hn, out=grad_rho)
+            if parts > 1:
+                _cho_backward_2_threads(t, second, parts)
+            else:
+                _cho_backward_2(t, second)
+            torch.mm(delta[t, :, : 2 * H], w_hrz, out=g_rz)
+        needs = ctx.needs_input_grad
+        grads = cho_form_grads(needs, x, h0, hs, gates, weight_ih, weight_hh, delta, carry + g_rz)
+        grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b, _ = grads
+        return (
+            grad_x,
+            grad_h0 if needs[1] else None,
+            grad_w_ih,
+            grad_w_hh,
+            grad_b if ctx.has_bias[0] and needs[4] else None,
+            grad_b if ctx.has_bias[1] and needs[5] else None,
+        )
+
+
 def gru_compiled_sequence(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, form="torch"):
-    """The torch-form GRU through the compiled path: hs (T, N, H).  Arguments as
+    """The GRU through the compiled path, either form: hs (T, N, H).  Arguments as
     :func:`rnnlab.cells.gru.gru_sequence`; CPU tensors, float32 or float64."""
-    if form != "torch":
-        raise ValueError("the numba GRU path computes the 'torch' form only; use fused")
+    if form not in ("torch", "cho"):
+        raise ValueError(f"form must be 'torch' or 'cho'; got {form!r}")
     if x.device.type != "cpu":
         raise ValueError(f"the numba GRU path runs on the CPU; the input is on {x.device}")
-    return GRUCompiledFunction.apply(x, h0, weight_ih, weight_hh, bias_ih, bias_hh)
+    function = GRUCompiledFunction if form == "torch" else GRUChoCompiledFunction
+    return function.apply(x, h0, weight_ih, weight_hh, bias_ih, bias_hh)
 
 
-__all__ = ["GRUCompiledFunction", "gru_compiled_sequence"]
+__all__ = ["GRUChoCompiledFunction", "GRUCompiledFunction", "gru_compiled_sequence"]

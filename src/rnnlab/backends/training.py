@@ -13,26 +13,26 @@ The layers of :mod:`rnnlab.layers` (``RNN``, ``LSTM``, ``GRU``, ``PascanuRNN``,
                LSTM, with or without ``proj_size``; GRU in the torch form; Elman with tanh or
                relu).  On the CPU in float32 PyTorch runs the LSTM through oneDNN.
 
-``numba``      the LSTM (any of its options, no ``proj_size``), the torch-form GRU and
+``numba``      the LSTM (any of its options, no ``proj_size``), the GRU (both forms) and
                the Elman layer on the CPU in float32 or float64: each step one PyTorch
                matmul and one compiled pass over the step's element-wise work, forward
                and backward (:mod:`rnnlab.backends.numba_lstm`, ``numba_gru``,
                ``numba_elman``), and the Pascanu form (``numba_pascanu``).  The Jordan
-               network with hidden recurrence: its fused
-               path with the hidden loop compiled (``numba_elman.ElmanRecurrence``)
-               wherever that loop is the Elman one, under full teacher forcing; a
-               free-running or scheduled-sampling call runs as ``fused``.
+               network with hidden recurrence: its fused path with the hidden loop
+               compiled (``numba_elman.ElmanRecurrence``) wherever that loop is the
+               Elman one, under full teacher forcing; a free-running or
+               scheduled-sampling call runs as ``fused``.
 
 ``auto`` (the default) takes the fastest of these that computes the same function, by
 the rule in :func:`choose_training_backend`: ``torch`` for the plain LSTM on every device
 and for every counterpart on a GPU (cuDNN); ``numba`` on the CPU for the LSTM with
-peepholes, layer norm, zoneout or recurrent dropout, the torch-form GRU, every Elman
+peepholes, layer norm, zoneout or recurrent dropout, the GRU in both forms, every Elman
 layer, the Pascanu layer and the Jordan network with hidden recurrence (faster than
 ``fused`` for each, and the GRU and Elman layers faster than ``torch.nn``'s kernels:
 docs/performance.md); ``fused`` for everything else (the projected LSTM with options, the
-GRU's Cho form, the Jordan network without hidden recurrence), and wherever Numba cannot
-be imported.  No path changes results beyond floating-point rounding: the tests
-hold ``fused``, ``numba`` and ``torch`` to the reference at 1e-10 in float64.
+Jordan network without hidden recurrence), and wherever Numba cannot be imported.  No
+path changes results beyond floating-point rounding: the tests hold ``fused``, ``numba``
+and ``torch`` to the reference at 1e-10 in float64.
 """
 
 from __future__ import annotations
@@ -130,8 +130,6 @@ def numba_unsupported(layer) -> str | None:
         )
     if kind == "lstm" and layer.proj_size:
         return "it has no projection (proj_size); use backend='fused'"
-    if kind == "gru" and layer.form != "torch":
-        return "it runs the GRU's torch form only, not 'cho'; use backend='fused'"
     device, dtype = _device(layer), _dtype(layer)
     if device.type != "cpu":
         return f"it runs on the CPU; this layer is on {device.type}"

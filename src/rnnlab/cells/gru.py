@@ -272,8 +272,7 @@ def torch_form_grads(needs, x, h0, hs, weight_ih, grad_gates, grad_n_r, grad_h):
 
 
 def _backward_cho(needs, grad_hs, x, h0, weight_ih, weight_hh, gates, hs):
-    T, N, I = x.shape
-    H = hs.shape[2]
+    T, H = x.shape[0], hs.shape[2]
     w_hrz, w_hn = weight_hh[: 2 * H], weight_hh[2 * H :]
     grad_gates = torch.empty_like(gates)  # delta_t of every step, (T, N, 3H)
     grad_h = torch.zeros_like(h0)  # h-bar_{t-1} collected from step t
@@ -286,6 +285,16 @@ def _backward_cho(needs, grad_hs, x, h0, weight_ih, weight_hh, gates, hs):
         grad_rho = grad_n @ w_hn
         torch.mul(grad_rho, h_prev, out=grad_r).mul_(r * (1 - r))
         grad_h = torch.addmm(grad_h * z + grad_rho * r, grad_gates[t, :, : 2 * H], w_hrz)
+    return cho_form_grads(needs, x, h0, hs, gates, weight_ih, weight_hh, grad_gates, grad_h)
+
+
+def cho_form_grads(needs, x, h0, hs, gates, weight_ih, weight_hh, grad_gates, grad_h):
+    """The Cho form's gradients after the reverse loop, from delta (``grad_gates``,
+    (T, N, 3H)) and ``grad_h`` = h0's gradient: ``(grad_x, grad_h0, grad_w_ih, grad_w_hh,
+    grad_b, grad_b)`` (b_ih and b_hh act as one bias).  Shared by the fused and the
+    compiled (:mod:`rnnlab.backends.numba_gru`) backward."""
+    T, N, I = x.shape
+    H = hs.shape[2]
     delta = grad_gates.view(T * N, 3 * H)
     grad_x = grad_w_ih = grad_w_hh = grad_b = None
     if needs[0]:
