@@ -781,10 +781,10 @@ class LSTM(_Stack):
             hs, cs = run(*args)
             return hs, (hs[-1], cs[-1])
         options = {"peephole": p.get("peephole"), "drop_mask": rows.get("drop")}
+        options["weight_hr"] = p.get("weight_hr")
         if path == "numba":  # imported here: importing Numba costs a second
             from rnnlab.backends.numba_lstm import lstm_compiled_sequence as run
         else:
-            options["weight_hr"] = p.get("weight_hr")
             run = lstm_ext_sequence if path == "fused" else lstm_ext_sequence_reference
         ln = None
         if self.layer_norm:

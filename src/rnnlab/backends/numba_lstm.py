@@ -1,10 +1,9 @@
 r"""Compiled training path of the extended LSTM (Numba): ``backend="numba"``.
 
 The equations, the hand-derived backward and the names are those of
-:mod:`rnnlab.cells.lstm` (its module docstring, "Extended LSTM"): peepholes, layer
-normalisation, recurrent dropout and zoneout, each off when None, in any combination.
-The projection (``proj_size``) is not here: it puts a second matmul inside the step, and
-such layers take the fused path.
+:mod:`rnnlab.cells.lstm` (its module docstring, "Extended LSTM"): the projection,
+peepholes, layer normalisation, recurrent dropout and zoneout, each off when None, in any
+combination.
 
 What changes is how a step runs.  The fused path (:class:`rnnlab.cells.lstm.LSTMExtFunction`)
 spends each step in a dozen or more PyTorch calls over (N, 4H) tensors, and at the sizes of
@@ -19,6 +18,14 @@ is two calls:
 * backward: one compiled pass (:func:`_backward_step`) from :math:`\bar h_t, \bar c_t` to
   :math:`\bar z_t` and :math:`\bar a^h_t` (with both layer-norm backwards), then PyTorch's
   matmul :math:`\bar a^h_t W_{hh}` for step t - 1.
+
+A projected layer (``weight_hr``, h = W_hr u) takes a second matmul in each step: the
+forward pass stops at :math:`u_t = o_t \odot y_t`, PyTorch computes
+:math:`\tilde h_t = u_t W_{hr}^\top`, and :func:`_project_rows` applies zoneout and the
+dropout mask; the backward pass starts with :func:`_unproject_rows` (the P values of
+:math:`\bar h_t`, :math:`\bar{\tilde h}_t` and the zoneout carry), then
+:math:`\bar u_t = \bar{\tilde h}_t W_{hr}` (PyTorch), then the row pass from
+:math:`\bar u_t`.
 
 The input side (one matmul for all steps, :func:`rnnlab.cells.lstm.ext_input_gates`) and
 the weight gradients (one matmul or reduction each,
@@ -104,10 +111,12 @@ def _layer_norm_backward(g, gamma, v_hat, rho, out):
 
 @_kernel
 def _forward_row(z, a_h, c_prev, h_prev, m, peep, gamma_h, gamma_c, beta_c, zone_h, zone_c,
-                 c_tilde, c, y, h, r, a_h_hat, c_hat):  # fmt: skip
+                 c_tilde, c, y, h, r, a_h_hat, c_hat, proj):  # fmt: skip
     """One row of step t.  ``z`` holds the input side of the gates and leaves as the
     activated [i, f, g, o]; the options are rows of length 0 when off.  Returns
-    (rho_h, rho_c), the layer norms' inverse deviations (0 without LN).
+    (rho_h, rho_c), the layer norms' inverse deviations (0 without LN).  With a projection
+    (``proj``) ``h`` receives u = o * y and the row stops there: h~ = W_hr u needs a
+    matmul first, and :func:`_project_rows` finishes the step.
 
     Each loop writes one array, which LLVM vectorises (16 float32 lanes); the
     nonlinearities in one loop with the rest ran scalar, 3x slower."""
@@ -154,6 +163,16 @@ def _forward_row(z, a_h, c_prev, h_prev, m, peep, gamma_h, gamma_c, beta_c, zone
     if zone_c.shape[0] > 0:
         for j in range(H):
             c[j] = c_tilde[j] + zone_c[j] * (c_prev[j] - c_tilde[j])
+    if not proj:
+        _finish_h(h, h_prev, zone_h, m, r)
+    return rho_h, rho_c
+
+
+@_kernel
+def _finish_h(h, h_prev, zone_h, m, r):
+    """h = lerp(h~, h_prev, d^h) in place (``h`` holds h~), then r = m h for the next
+    step's matmul."""
+    H = h.shape[0]
     if zone_h.shape[0] > 0:
         for j in range(H):
             h[j] = h[j] + zone_h[j] * (h_prev[j] - h[j])
@@ -163,25 +182,27 @@ def _forward_row(z, a_h, c_prev, h_prev, m, peep, gamma_h, gamma_c, beta_c, zone
     else:
         for j in range(H):
             r[j] = h[j]
-    return rho_h, rho_c
 
 
 @_kernel
 def _forward_rows(t, lo, hi, arrays, opts, ln):
     """Rows ``lo:hi`` of step t: see :func:`_forward_row`.  ``arrays``: (gates, a_h, h0, c0,
-    hs, cs, c_tildes, ys, r), ``a_h`` = r_{t-1} W_hh^T; ``opts``: (m, peep, gamma_h,
-    gamma_c, beta_c, zone_h, zone_c); ``ln``: (a_h_hats, rstd_h, c_hats, rstd_c)."""
-    gates, a_h, h0, c0, hs, cs, c_tildes, ys, r = arrays
+    hs, cs, c_tildes, ys, r, us), ``a_h`` = r_{t-1} W_hh^T, ``us`` (T, N, H) the u_t of a
+    projected layer, else (T, N, 0); ``opts``: (m, peep, gamma_h, gamma_c, beta_c, zone_h,
+    zone_c); ``ln``: (a_h_hats, rstd_h, c_hats, rstd_c)."""
+    gates, a_h, h0, c0, hs, cs, c_tildes, ys, r, us = arrays
     m, peep, gamma_h, gamma_c, beta_c, zone_h, zone_c = opts
     a_h_hats, rstd_h, c_hats, rstd_c = ln
     use_ln = gamma_h.shape[0] > 0
+    proj = us.shape[2] > 0
     for n in range(lo, hi):
         c_prev = c0[n] if t == 0 else cs[t - 1, n]
         h_prev = h0[n] if t == 0 else hs[t - 1, n]
+        out = us[t, n] if proj else hs[t, n]
         rho_h, rho_c = _forward_row(
             gates[t, n], a_h[n], c_prev, h_prev, m[n], peep, gamma_h, gamma_c, beta_c,
-            zone_h[t, n], zone_c[t, n], c_tildes[t, n], cs[t, n], ys[t, n], hs[t, n], r[n],
-            a_h_hats[t, n], c_hats[t, n],
+            zone_h[t, n], zone_c[t, n], c_tildes[t, n], cs[t, n], ys[t, n], out, r[n],
+            a_h_hats[t, n], c_hats[t, n], proj,
         )  # fmt: skip
         if use_ln:
             rstd_h[t, n, 0] = rho_h
@@ -189,25 +210,42 @@ def _forward_rows(t, lo, hi, arrays, opts, ln):
 
 
 @_kernel
+def _project_rows(t, lo, hi, arrays, opts):
+    """Rows ``lo:hi`` of step t of a projected layer, after h~ = u W_hr^T went into
+    ``hs[t]``: zoneout of h and r = m h (:func:`_finish_h`)."""
+    h0, hs, r = arrays[2], arrays[4], arrays[8]
+    m, zone_h = opts[0], opts[5]
+    for n in range(lo, hi):
+        h_prev = h0[n] if t == 0 else hs[t - 1, n]
+        _finish_h(hs[t, n], h_prev, zone_h[t, n], m[n], r[n])
+
+
+@_kernel
 def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamma_c,
                   zone_h, zone_c, a_h_hat, rho_h, c_hat, rho_c, carry_h, carry_c,
-                  grad_z, grad_a_h, grad_n, c_bar, n_bar):  # fmt: skip
+                  grad_z, grad_a_h, grad_n, c_bar, n_bar, grad_u):  # fmt: skip
     """One row of step t of the reverse loop (cells/lstm.py, "Backward of the extended
     LSTM").  In: ``grad_r`` = W_hh^T a^h-bar_{t+1}, ``carry_h`` = d^h_{t+1} h-bar_{t+1},
     ``carry_c`` = what c_t gets from step t+1.  Out: ``grad_z`` = z-bar_t, ``grad_a_h`` =
     a^h-bar_t (LN; else it is grad_z), ``grad_n`` = n-bar_t (LN), and the carries for step
-    t - 1.  ``c_bar``, ``n_bar``: scratch rows of H values.  Two loops, as the forward."""
+    t - 1.  ``c_bar``, ``n_bar``: scratch rows of H values.  With a projection ``grad_u``
+    holds u-bar = W_hr^T h~-bar (from :func:`_unproject_rows` and a matmul) and the
+    h-bar arguments are not read; else it has length 0.  Two loops, as the forward."""
     H = c_prev.shape[0]
     use_ln, use_peep, use_m = gamma_h.shape[0] > 0, peep.shape[1] > 0, m.shape[0] > 0
     use_zh, use_zc = zone_h.shape[0] > 0, zone_c.shape[0] > 0
+    proj = grad_u.shape[0] > 0
     for j in range(H):
-        h_bar = grad_hs[j] + carry_h[j] + (m[j] * grad_r[j] if use_m else grad_r[j])
-        u_bar = h_bar  # h~-bar, = u-bar without projection
-        if use_zh:
-            u_bar = (1.0 - zone_h[j]) * h_bar
-            carry_h[j] = zone_h[j] * h_bar
+        if proj:
+            u_bar = grad_u[j]
         else:
-            carry_h[j] = 0.0
+            h_bar = grad_hs[j] + carry_h[j] + (m[j] * grad_r[j] if use_m else grad_r[j])
+            u_bar = h_bar  # h~-bar, = u-bar without projection
+            if use_zh:
+                u_bar = (1.0 - zone_h[j]) * h_bar
+                carry_h[j] = zone_h[j] * h_bar
+            else:
+                carry_h[j] = 0.0
         o, yj = z[3 * H + j], y[j]
         grad_z[3 * H + j] = u_bar * yj * o * (1.0 - o)
         n_bar[j] = u_bar * o * (1.0 - yj * yj)
@@ -242,10 +280,11 @@ def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamm
 def _backward_rows(t, lo, hi, arrays, opts, ln, scratch):
     """Rows ``lo:hi`` of step t of the reverse loop: see :func:`_backward_row`.
     ``arrays``: (gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_gates,
-    grad_a_h, grad_ns); ``opts`` and ``ln`` as :func:`_forward_rows`; ``scratch`` (2, H)."""
-    gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_z, grad_a_h, grad_ns = (
-        arrays
-    )
+    grad_a_h, grad_ns, grad_u, grad_h_tildes), the last two (N, H) and (T, N, P) with a
+    projection, else empty; ``opts`` and ``ln`` as :func:`_forward_rows`; ``scratch``
+    (2, H)."""
+    gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_z, grad_a_h = arrays[:11]
+    grad_ns, grad_u = arrays[11], arrays[12]
     m, peep, gamma_h, gamma_c, _, zone_h, zone_c = opts
     a_h_hats, rstd_h, c_hats, rstd_c = ln
     use_ln = gamma_h.shape[0] > 0
@@ -257,8 +296,34 @@ def _backward_rows(t, lo, hi, arrays, opts, ln, scratch):
             gates[t, n], c_prev, ys[t, n], grad_hs[t, n], grad_cs[t, n], grad_r[n], m[n],
             peep, gamma_h, gamma_c, zone_h[t, n], zone_c[t, n], a_h_hats[t, n], rho_h,
             c_hats[t, n], rho_c, carry_h[n], carry_c[n], grad_z[t, n], grad_a_h[t, n],
-            grad_ns[t, n], scratch[0], scratch[1],
+            grad_ns[t, n], scratch[0], scratch[1], grad_u[n],
         )  # fmt: skip
+
+
+@_kernel
+def _unproject_rows(t, lo, hi, arrays, opts):
+    """Rows ``lo:hi`` of step t of a projected layer's reverse loop, before u-bar's
+    matmul: h-bar_t = h-bar from the loss + carry_h + m W_hh^T a^h-bar_{t+1}, then
+    h~-bar = (1 - d^h) h-bar into ``grad_h_tildes[t]`` and carry_h = d^h h-bar (P values
+    each).  ``arrays`` as :func:`_backward_rows`."""
+    grad_hs, grad_r, carry_h, grad_h_tildes = arrays[4], arrays[6], arrays[7], arrays[13]
+    m, zone_h = opts[0], opts[5]
+    use_m = m.shape[1] > 0
+    use_zh = zone_h.shape[2] > 0
+    for n in range(lo, hi):
+        e, g, c, out = grad_hs[t, n], grad_r[n], carry_h[n], grad_h_tildes[t, n]
+        mn = m[n]
+        for j in range(out.shape[0]):
+            out[j] = e[j] + c[j] + (mn[j] * g[j] if use_m else g[j])  # h-bar
+        if use_zh:
+            d = zone_h[t, n]
+            for j in range(out.shape[0]):
+                c[j] = d[j] * out[j]
+            for j in range(out.shape[0]):
+                out[j] = (1.0 - d[j]) * out[j]
+        else:
+            for j in range(out.shape[0]):
+                c[j] = 0.0
 
 
 # One pass of a step over all rows: on this thread, or split into ``parts`` blocks of rows
@@ -275,6 +340,30 @@ def _forward_step_threads(t, arrays, opts, ln, parts):
     N = arrays[0].shape[1]
     for k in prange(parts):
         _forward_rows(t, k * N // parts, (k + 1) * N // parts, arrays, opts, ln)
+
+
+@_kernel
+def _project_step(t, arrays, opts):
+    _project_rows(t, 0, arrays[0].shape[1], arrays, opts)
+
+
+@_kernel_parallel
+def _project_step_threads(t, arrays, opts, parts):
+    N = arrays[0].shape[1]
+    for k in prange(parts):
+        _project_rows(t, k * N // parts, (k + 1) * N // parts, arrays, opts)
+
+
+@_kernel
+def _unproject_step(t, arrays, opts):
+    _unproject_rows(t, 0, arrays[0].shape[1], arrays, opts)
+
+
+@_kernel_parallel
+def _unproject_step_threads(t, arrays, opts, parts):
+    N = arrays[0].shape[1]
+    for k in prange(parts):
+        _unproject_rows(t, k * N // parts, (k + 1) * N // parts, arrays, opts)
 
 
 @_kernel
@@ -333,47 +422,54 @@ def _zeros(like, *shape):
 
 class LSTMCompiledFunction(torch.autograd.Function):
     """The extended LSTM's forward and hand-derived backward, each step one matmul and one
-    compiled pass.  Arguments as :class:`rnnlab.cells.lstm.LSTMExtFunction` (``weight_hr``
-    must be None)."""
+    compiled pass (a projected layer: two of each).  Arguments as
+    :class:`rnnlab.cells.lstm.LSTMExtFunction`."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *options):
         (weight_hr, peephole, gamma_x, beta_x, gamma_h, beta_h, gamma_c, beta_c,
          drop_mask, zone_h, zone_c) = options  # fmt: skip
-        if weight_hr is not None:
-            raise ValueError("the numba LSTM path has no projection (proj_size); use fused")
         T, N, _ = x.shape
-        H = c0.shape[1]
-        use_ln = gamma_x is not None
+        H, P = c0.shape[1], h0.shape[1]
+        use_ln, proj = gamma_x is not None, weight_hr is not None
         bias = _combined_bias(bias_ih, bias_hh, x)
         gates, a_x_hats, rstd_x = ext_input_gates(x, weight_ih, bias, gamma_x, beta_x, beta_h)
-        hs, cs, ys = (x.new_empty(T, N, H) for _ in range(3))
+        hs, cs, ys = x.new_empty(T, N, P), x.new_empty(T, N, H), x.new_empty(T, N, H)
+        us = x.new_empty(T, N, H if proj else 0)  # u_t = o_t y_t, before W_hr
         c_tildes = cs if zone_c is None else x.new_empty(T, N, H)
         ln_rows = (4 * H, 1, H, 1) if use_ln else (0, 0, 0, 0)
         a_h_hats, rstd_h, c_hats, rstd_c = (x.new_empty(T, N, k) for k in ln_rows)
         r = h0.detach() if drop_mask is None else h0.detach() * drop_mask
         r = r.contiguous().clone()  # r_{t-1} = m h_{t-1}, written by each step
         a_h = x.new_empty(N, 4 * H)  # r_{t-1} W_hh^T
-        opts = _option_arrays(gates, T, N, H, drop_mask, peephole, (gamma_h, gamma_c, beta_c),
+        opts = _option_arrays(gates, T, N, P, drop_mask, peephole, (gamma_h, gamma_c, beta_c),
                               zone_h, zone_c)  # fmt: skip
         arrays = (*map(_out, (gates, a_h)), _np(h0), _np(c0))
-        arrays = (*arrays, *map(_out, (hs, cs, c_tildes, ys, r)))
+        arrays = (*arrays, *map(_out, (hs, cs, c_tildes, ys, r, us)))
         ln = tuple(map(_out, (a_h_hats, rstd_h, c_hats, rstd_c)))
         parts = _parts(N)
         w_hh_t = step_weight(weight_hh)
-        if N <= SEQUENCE_ROWS:
+        w_hr_t = step_weight(weight_hr) if proj else None
+        whole = N <= SEQUENCE_ROWS and not proj  # the whole sequence in one call
+        if whole:
             _forward_sequence(arrays, opts, ln, _np(w_hh_t))
-        for t in range(T if N > SEQUENCE_ROWS else 0):
+        for t in range(0 if whole else T):
             torch.mm(r, w_hh_t, out=a_h)
             if parts > 1:
                 _forward_step_threads(t, arrays, opts, ln, parts)
             else:
                 _forward_step(t, arrays, opts, ln)
+            if proj:  # h~_t = u_t W_hr^T, then zoneout and r = m h_t
+                torch.mm(us[t], w_hr_t, out=hs[t])
+                if parts > 1:
+                    _project_step_threads(t, arrays, opts, parts)
+                else:
+                    _project_step(t, arrays, opts)
         ctx.has_bias = (bias_ih is not None, bias_hh is not None)
         ctx.opts = opts
         ctx.save_for_backward(
-            *(x, h0, c0, weight_ih, weight_hh, peephole, drop_mask),
-            *(gates, hs, cs, c_tildes, ys),
+            *(x, h0, c0, weight_ih, weight_hh, weight_hr, peephole, drop_mask),
+            *(gates, hs, cs, c_tildes, ys, us),
             *(gamma_x, gamma_h, gamma_c),
             *(a_x_hats, rstd_x, a_h_hats, rstd_h, c_hats, rstd_c),
         )
@@ -383,27 +479,37 @@ class LSTMCompiledFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_hs, grad_cs):
         saved = ctx.saved_tensors
-        x, h0, c0, weight_ih, weight_hh, peephole, drop_mask = saved[:7]
-        gates, hs, cs, c_tildes, ys = saved[7:12]
-        gamma_x, gamma_h, gamma_c = saved[12:15]
-        a_x_hats, rstd_x, a_h_hats, rstd_h, c_hats, rstd_c = saved[15:]
+        x, h0, c0, weight_ih, weight_hh, weight_hr, peephole, drop_mask = saved[:8]
+        gates, hs, cs, c_tildes, ys, us = saved[8:14]
+        gamma_x, gamma_h, gamma_c = saved[14:17]
+        a_x_hats, rstd_x, a_h_hats, rstd_h, c_hats, rstd_c = saved[17:]
         T, N, _ = x.shape
-        H = c0.shape[1]
-        use_ln = gamma_x is not None
+        H, P = c0.shape[1], h0.shape[1]
+        use_ln, proj = gamma_x is not None, weight_hr is not None
         grad_gates = torch.empty_like(gates)  # z-bar of every step, (T, N, 4H)
         grad_a_h = torch.empty_like(gates) if use_ln else grad_gates  # a^h-bar
         grad_ns = x.new_empty(T, N, H if use_ln else 0)  # n-bar, for gamma_c and beta_c
-        grad_r = _zeros(h0, N, H)  # W_hh^T a^h-bar_{t+1}
-        carry_h = _zeros(c0, N, H)  # d^h_{t+1} h-bar_{t+1}
+        grad_r = _zeros(h0, N, P)  # W_hh^T a^h-bar_{t+1}
+        carry_h = _zeros(h0, N, P)  # d^h_{t+1} h-bar_{t+1}
         carry_c = _zeros(c0, N, H)  # what c_t gets from step t+1
+        grad_u = x.new_empty(N, H if proj else 0)  # W_hr^T h~-bar_t (projection)
+        grad_h_tildes = x.new_empty(T, N, P if proj else 0)  # h~-bar of every step (W_hr)
         parts = _parts(N)
         scratch = np.empty((parts, 2, H), dtype=_np(gates).dtype)
         arrays = tuple(map(_np, (gates, c0, cs, ys, grad_hs, grad_cs)))
         arrays += tuple(map(_out, (grad_r, carry_h, carry_c, grad_gates, grad_a_h, grad_ns)))
+        arrays += (_out(grad_u), _out(grad_h_tildes))
         ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c)))
-        if N <= SEQUENCE_ROWS:
+        whole = N <= SEQUENCE_ROWS and not proj
+        if whole:
             _backward_sequence(arrays, ctx.opts, ln, scratch, _np(weight_hh))
-        for t in range(T - 1 if N > SEQUENCE_ROWS else -1, -1, -1):
+        for t in range(-1 if whole else T - 1, -1, -1):
+            if proj:  # h~-bar_t, then u-bar_t = h~-bar_t W_hr
+                if parts > 1:
+                    _unproject_step_threads(t, arrays, ctx.opts, parts)
+                else:
+                    _unproject_step(t, arrays, ctx.opts)
+                torch.mm(grad_h_tildes[t], weight_hr, out=grad_u)
             if parts > 1:
                 _backward_step_threads(t, arrays, ctx.opts, ln, scratch)
             else:
@@ -414,9 +520,16 @@ class LSTMCompiledFunction(torch.autograd.Function):
         return ext_parameter_grads(
             ctx.needs_input_grad,
             ctx.has_bias,
-            (x, h0, c0, weight_ih, weight_hh, None, peephole, drop_mask),
-            (grad_gates, grad_a_h, grad_ns if use_ln else None, None, grad_h, carry_c),
-            (hs, cs, c_tildes, None),
+            (x, h0, c0, weight_ih, weight_hh, weight_hr, peephole, drop_mask),
+            (
+                grad_gates,
+                grad_a_h,
+                grad_ns if use_ln else None,
+                grad_h_tildes if proj else None,
+                grad_h,
+                carry_c,
+            ),
+            (hs, cs, c_tildes, us if proj else None),
             (gamma_x, gamma_h, gamma_c, a_x_hats, rstd_x, a_h_hats, c_hats),
         )
 
@@ -438,11 +551,11 @@ def _parts(rows: int) -> int:
     return threads
 
 
-def _option_arrays(like, T, N, H, drop_mask, peephole, ln_gains, zone_h, zone_c):
+def _option_arrays(like, T, N, P, drop_mask, peephole, ln_gains, zone_h, zone_c):
     """(m, peep, gamma_h, gamma_c, beta_c, zone_h, zone_c) as numpy arrays for the compiled
-    passes, rows of length 0 where an option is off."""
+    passes, rows of length 0 where an option is off; m is (N, P), P the size of h."""
     dtype = _np(like).dtype
-    m = np.empty((N, 0), dtype) if drop_mask is None else _np(drop_mask.expand(N, H))
+    m = np.empty((N, 0), dtype) if drop_mask is None else _np(drop_mask.expand(N, P))
     peep = np.empty((3, 0), dtype) if peephole is None else _np(peephole)
     if ln_gains[0] is None:
         gains = tuple(np.empty(0, dtype) for _ in range(3))
@@ -452,19 +565,20 @@ def _option_arrays(like, T, N, H, drop_mask, peephole, ln_gains, zone_h, zone_c)
     return (m, peep, *gains, *zones)
 
 
-def lstm_compiled_sequence(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, peephole=None,
-                           ln=None, drop_mask=None, zoneout=None):  # fmt: skip
-    """The extended LSTM through the compiled path: ``(hs, cs)``, each (T, N, H).
+def lstm_compiled_sequence(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *, weight_hr=None,
+                           peephole=None, ln=None, drop_mask=None, zoneout=None):  # fmt: skip
+    """The extended LSTM through the compiled path: ``(hs, cs)``, (T, N, P) and (T, N, H).
 
-    Arguments, shapes and options as :func:`rnnlab.cells.lstm.lstm_ext_sequence`, without
-    ``weight_hr``.  CPU tensors, float32 or float64.
+    Arguments, shapes and options as :func:`rnnlab.cells.lstm.lstm_ext_sequence`.  CPU
+    tensors, float32 or float64.
     """
     if x.device.type != "cpu":
         raise ValueError(f"the numba LSTM path runs on the CPU; the input is on {x.device}")
-    T, N, H, P = _check_ext_args(x, h0, c0, weight_ih, weight_hh, None, peephole, ln, drop_mask)
+    args = (x, h0, c0, weight_ih, weight_hh, weight_hr, peephole, ln, drop_mask)
+    T, N, H, P = _check_ext_args(*args)
     zone_h, zone_c = _zoneout_tensors(zoneout, T, N, H, P, x)
     ln_params = (None,) * 6 if ln is None else tuple(ln)
-    options = (None, peephole, *ln_params, drop_mask, zone_h, zone_c)
+    options = (weight_hr, peephole, *ln_params, drop_mask, zone_h, zone_c)
     return LSTMCompiledFunction.apply(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, *options)
 
 

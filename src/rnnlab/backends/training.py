@@ -13,7 +13,7 @@ The layers of :mod:`rnnlab.layers` (``RNN``, ``LSTM``, ``GRU``, ``PascanuRNN``,
                LSTM, with or without ``proj_size``; GRU in the torch form; Elman with tanh or
                relu).  On the CPU in float32 PyTorch runs the LSTM through oneDNN.
 
-``numba``      the LSTM (any of its options, no ``proj_size``), the GRU (both forms) and
+``numba``      the LSTM (any of its options), the GRU (both forms) and
                the Elman layer on the CPU in float32 or float64: each step one PyTorch
                matmul and one compiled pass over the step's element-wise work, forward
                and backward (:mod:`rnnlab.backends.numba_lstm`, ``numba_gru``,
@@ -29,8 +29,8 @@ and for every counterpart on a GPU (cuDNN); ``numba`` on the CPU for the LSTM wi
 peepholes, layer norm, zoneout or recurrent dropout, the GRU in both forms, every Elman
 layer, the Pascanu layer and the Jordan network with hidden recurrence (faster than
 ``fused`` for each, and the GRU and Elman layers faster than ``torch.nn``'s kernels:
-docs/performance.md); ``fused`` for everything else (the projected LSTM with options, the
-Jordan network without hidden recurrence), and wherever Numba cannot be imported.  No
+docs/performance.md); ``fused`` for the Jordan network without hidden recurrence and
+wherever Numba cannot be imported.  No
 path changes results beyond floating-point rounding: the tests hold ``fused``, ``numba``
 and ``torch`` to the reference at 1e-10 in float64.
 """
@@ -128,8 +128,6 @@ def numba_unsupported(layer) -> str | None:
         return (
             f"it runs LSTM, GRU, Elman, Pascanu and Jordan layers only, not {type(layer).__name__}"
         )
-    if kind == "lstm" and layer.proj_size:
-        return "it has no projection (proj_size); use backend='fused'"
     device, dtype = _device(layer), _dtype(layer)
     if device.type != "cpu":
         return f"it runs on the CPU; this layer is on {device.type}"
