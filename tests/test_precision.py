@@ -182,8 +182,21 @@ def test_precision_flag(tmp_path, capsys):
 # -- dropout ----------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["compiled", "torch-words"])
+def mask_source(request, monkeypatch):
+    """Both sources of the random words: the compiled splitmix64 and, as without Numba,
+    torch's generator."""
+    import rnnlab.dropout as module
+
+    if request.param == "torch-words":
+        monkeypatch.setattr(module, "_compiled_fill", lambda: None)
+    else:
+        assert module._compiled_fill() is not None
+    return request.param
+
+
 @pytest.mark.parametrize("p", [0.1, 0.25, 0.5, 0.9])
-def test_dropout_rate_and_scale(p):
+def test_dropout_rate_and_scale(p, mask_source):
     torch.manual_seed(0)
     x = torch.ones(400_003)  # not a multiple of 4: the last draw is cut
     y = dropout(x, p)
@@ -196,7 +209,7 @@ def test_dropout_rate_and_scale(p):
 
 
 @pytest.mark.parametrize("p", [0.05, 0.5, 0.9])
-def test_bernoulli_mask_rate_values_and_edges(p):
+def test_bernoulli_mask_rate_values_and_edges(p, mask_source):
     """The zoneout masks: 0/1 in the asked dtype, 1 with probability p (to 2^-16)."""
     torch.manual_seed(0)
     like = torch.zeros(1, dtype=torch.float64)
@@ -207,6 +220,24 @@ def test_bernoulli_mask_rate_values_and_edges(p):
     assert abs(mask.mean().item() - rate) < 5 * (p * (1 - p) / mask.numel()) ** 0.5
     assert torch.equal(bernoulli_mask((3, 4), 0.0, like), torch.zeros(3, 4, dtype=torch.float64))
     assert torch.equal(bernoulli_mask((3, 4), 1.0, like), torch.ones(3, 4, dtype=torch.float64))
+
+
+def test_compiled_masks_are_independent_between_values_and_calls():
+    """The four values cut from one 64-bit word, neighbours in the mask, and two calls in
+    a row: no correlation beyond chance (a fixed seed; 5 standard errors)."""
+    torch.manual_seed(1)
+    like = torch.zeros(1)
+    n = 400_000
+    a, b = bernoulli_mask((n,), 0.5, like), bernoulli_mask((n,), 0.5, like)
+    centred = [m.double() - 0.5 for m in (a, b)]
+    bound = 5 * 0.25 / n**0.5  # the standard error of a mean of n products of +-0.5
+    for lag in (1, 2, 3, 4, 5):
+        assert abs((centred[0][lag:] * centred[0][:-lag]).mean().item()) < bound
+    assert abs((centred[0] * centred[1]).mean().item()) < bound
+    words = a.view(-1, 4).double()  # the four values of each word: every pattern 1/16
+    patterns = torch.bincount((words * torch.tensor([1.0, 2, 4, 8])).sum(1).long(), minlength=16)
+    expected = words.shape[0] / 16
+    assert ((patterns - expected).abs() < 5 * (expected * 15 / 16) ** 0.5).all()
 
 
 def test_dropout_gradient_uses_the_same_mask():
