@@ -37,7 +37,7 @@ from rnnlab.backends.numba_generate import SIGMOID, TANH, _kernel_parallel
 from rnnlab.backends.numba_lstm import _np, _out, _parts
 from rnnlab.backends.numba_math import _kernel, _sigmoid_fast, _tanh_fast
 from rnnlab.cells.elman import input_projection, step_weight
-from rnnlab.cells.pascanu import check_sigma
+from rnnlab.cells.pascanu import check_sigma, pascanu_grads
 
 KINDS = {"tanh": TANH, "sigmoid": SIGMOID}
 
@@ -141,8 +141,7 @@ class PascanuCompiledFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_xs):
         u, weight_ih, weight_hh, s_prev = ctx.saved_tensors
-        T, N, I = u.shape
-        H = weight_hh.shape[0]
+        T, N, H = s_prev.shape
         kind = KINDS[ctx.sigma]
         delta = torch.empty_like(s_prev)  # delta_t = dE/dx_t, total, for every step
         g = s_prev.new_zeros(N, H)  # W_rec^T delta_{t+1}
@@ -154,22 +153,10 @@ class PascanuCompiledFunction(torch.autograd.Function):
             else:
                 _backward_step(t, kind, *arrays)
             torch.mm(delta[t], weight_hh, out=g)
-        needs = ctx.needs_input_grad
-        grad_u = grad_x0 = grad_w_ih = grad_w_hh = grad_b = None
-        d = delta.view(T * N, H)
-        if needs[0]:
-            grad_u = (d @ weight_ih).view(T, N, I)
-        if needs[1]:
-            s0 = s_prev[0]  # sigma(x0)
-            grad_x0 = g * (1 - s0 * s0 if ctx.sigma == "tanh" else s0 * (1 - s0))
-        if needs[2]:
-            grad_w_ih = (u.reshape(T * N, I).t() @ d).t()  # see cells/lstm.py
-        if needs[3]:
-            # sum_t delta_t sigma(x_{t-1})^T: s_prev[t] is sigma(x_{t-1}) of step t
-            grad_w_hh = (s_prev.view(T * N, H).t() @ d).t()
-        if needs[4] and ctx.has_bias:
-            grad_b = d.sum(0)
-        return grad_u, grad_x0, grad_w_ih, grad_w_hh, grad_b, None
+        s0 = s_prev[0]  # sigma(x0)
+        grad_x0 = g * (1 - s0 * s0 if ctx.sigma == "tanh" else s0 * (1 - s0))
+        return pascanu_grads(ctx.needs_input_grad, ctx.has_bias, u, weight_ih, s_prev, delta,
+                             grad_x0)  # fmt: skip
 
 
 def pascanu_compiled_sequence(u, x0, weight_ih, weight_hh, bias, sigma="tanh"):

@@ -157,27 +157,34 @@ class PascanuFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_xs):
         u, weight_ih, weight_hh, s_prev = ctx.saved_tensors
-        T, N, I = u.shape
-        H = weight_hh.shape[0]
         delta = torch.empty_like(s_prev)  # delta_t = dE/dx_t, total, for every step
         grad_x = torch.zeros_like(s_prev[0])  # sigma'(x_t) * W_rec^T delta_{t+1}
-        for t in range(T - 1, -1, -1):
+        for t in range(u.shape[0] - 1, -1, -1):
             torch.add(grad_xs[t], grad_x, out=delta[t])
             # Back to x_{t-1}: W_rec^T delta_t, times sigma'(x_{t-1}).
             grad_x = (delta[t] @ weight_hh).mul_(_sigma_grad(s_prev[t], ctx.sigma))
-        grad_u = grad_x0 = grad_w_ih = grad_w_hh = grad_b = None
-        d = delta.view(T * N, H)
-        if ctx.needs_input_grad[0]:
-            grad_u = (d @ weight_ih).view(T, N, I)
-        if ctx.needs_input_grad[1]:
-            grad_x0 = grad_x
-        if ctx.needs_input_grad[2]:
-            grad_w_ih = d.t() @ u.reshape(T * N, I)
-        if ctx.needs_input_grad[3]:
-            grad_w_hh = d.t() @ s_prev.view(T * N, H)
-        if ctx.needs_input_grad[4] and ctx.has_bias:
-            grad_b = d.sum(0)
-        return grad_u, grad_x0, grad_w_ih, grad_w_hh, grad_b, None
+        return pascanu_grads(
+            ctx.needs_input_grad, ctx.has_bias, u, weight_ih, s_prev, delta, grad_x
+        )
+
+
+def pascanu_grads(needs, has_bias, u, weight_ih, s_prev, delta, grad_x0):
+    """The gradient tuple after the reverse loop, one matmul or sum each, from delta
+    (T, N, H) and s_prev[t] = sigma(x_{t-1}); ``grad_x0`` = sigma'(x0) W_rec^T delta_1.
+    Shared by the fused and the compiled (:mod:`rnnlab.backends.numba_pascanu`) backward."""
+    T, N, I = u.shape
+    H = s_prev.shape[2]
+    grad_u = grad_w_ih = grad_w_hh = grad_b = None
+    d = delta.view(T * N, H)
+    if needs[0]:
+        grad_u = (d @ weight_ih).view(T, N, I)
+    if needs[2]:
+        grad_w_ih = (u.reshape(T * N, I).t() @ d).t()  # see rnnlab.cells.lstm
+    if needs[3]:
+        grad_w_hh = d.t() @ s_prev.view(T * N, H)
+    if needs[4] and has_bias:
+        grad_b = d.sum(0)
+    return grad_u, grad_x0 if needs[1] else None, grad_w_ih, grad_w_hh, grad_b, None
 
 
 def pascanu_sequence(u, x0, weight_ih, weight_hh, bias, sigma="tanh"):
