@@ -780,8 +780,11 @@ class LSTM(_Stack):
             run = lstm_sequence if path == "fused" else lstm_sequence_reference
             hs, cs = run(*args)
             return hs, (hs[-1], cs[-1])
-        options = {"peephole": p.get("peephole"), "drop_mask": rows.get("drop")}
-        options["weight_hr"] = p.get("weight_hr")
+        options = {
+            "weight_hr": p.get("weight_hr"),
+            "peephole": p.get("peephole"),
+            "drop_mask": rows.get("drop"),
+        }
         if path == "numba":  # imported here: importing Numba costs a second
             from rnnlab.backends.numba_lstm import lstm_compiled_sequence as run
         else:

@@ -30,9 +30,9 @@ peepholes, layer norm, zoneout or recurrent dropout, the GRU in both forms, ever
 layer, the Pascanu layer and the Jordan network with hidden recurrence (faster than
 ``fused`` for each, and the GRU and Elman layers faster than ``torch.nn``'s kernels:
 docs/performance.md); ``fused`` for the Jordan network without hidden recurrence and
-wherever Numba cannot be imported.  No
-path changes results beyond floating-point rounding: the tests hold ``fused``, ``numba``
-and ``torch`` to the reference at 1e-10 in float64.
+wherever Numba cannot be imported.  No path changes results beyond floating-point
+rounding: the tests hold ``fused``, ``numba`` and ``torch`` to the reference at 1e-10 in
+float64.
 """
 
 from __future__ import annotations
