@@ -271,10 +271,14 @@ def test_numba_threads_leave_torch_openmp_settings_alone():
         assert done.stdout.strip().splitlines()[-1] == expected
 
 
-@pytest.mark.parametrize("on", [OPTIONS, ("proj", *OPTIONS)], ids=["options", "proj+options"])
+@pytest.mark.parametrize(
+    "on", [OPTIONS, ("ln",), ("proj", *OPTIONS)], ids=["options", "ln", "proj+options"]
+)
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, dtype, on):
-    """Each row is computed the same way whichever block and thread it falls in."""
+    """Each row is computed the same way whichever block and thread it falls in, and the
+    layer norm's gain and bias gradients, summed per sequence in the reverse loop, do
+    not depend on the blocks either."""
     import rnnlab.backends.numba_lstm as numba_lstm
 
     runs = []

@@ -62,22 +62,25 @@ from torch.autograd.function import once_differentiable
 
 from rnnlab.backends.numba_generate import _POOL_PID, _kernel_parallel, _matvec_t, threads_usable
 from rnnlab.backends.numba_math import _kernel, _sigmoid_fast, _tanh_fast, numba_threads
-from rnnlab.cells.elman import _combined_bias, step_weight
+from rnnlab.cells.elman import _combined_bias, input_projection, step_weight
 from rnnlab.cells.lstm import (
     LN_EPS,
     _check_ext_args,
     _zoneout_tensors,
-    ext_input_gates,
     ext_parameter_grads,
 )
 
 _sums = functools.partial(_kernel, fastmath={"reassoc", "contract"})
 
 
+# Reductions compile with reassociation (``_sums``, so LLVM may vectorise them); the
+# element-wise loops after them without: with it LLVM moved the "/ n" of a mean into the
+# loop, one vector division per element, 4x that loop's time.
+
+
 @_sums
-def _normalise(v, out):
-    """``out = (v - mean(v)) * rho`` with ``rho = 1 / sqrt(var(v) + eps)`` (biased
-    variance, as ``torch.native_layer_norm``); returns rho."""
+def _mean_and_square(v):
+    """(mean of v, sum of (v - mean)^2), in float64."""
     n = v.shape[0]
     s = 0.0
     for j in range(n):
@@ -87,23 +90,55 @@ def _normalise(v, out):
     for j in range(n):
         d = v[j] - mu
         q += d * d
-    rho = 1.0 / math.sqrt(q / n + LN_EPS)
-    for j in range(n):
+    return mu, q
+
+
+@_kernel
+def _normalise(v, out):
+    """``out = (v - mean(v)) * rho`` with ``rho = 1 / sqrt(var(v) + eps)`` (biased
+    variance, as ``torch.native_layer_norm``); returns rho."""
+    mu, q = _mean_and_square(v)
+    rho = 1.0 / math.sqrt(q / v.shape[0] + LN_EPS)
+    for j in range(v.shape[0]):
         out[j] = (v[j] - mu) * rho
     return rho
 
 
 @_sums
-def _layer_norm_backward(g, gamma, v_hat, rho, out):
-    """``out = rho (g^ - mean(g^) - v^ mean(g^ v^))``, ``g^ = gamma * g``: the gradient
-    reaching v through ``gamma * v^ + beta`` (``rnnlab.cells.lstm._layer_norm_backward``)."""
-    n = g.shape[0]
+def _gain_sums(g, gamma, v_hat, gains, shifts):
+    """(sum of g^, sum of g^ v^) with ``g^ = gamma * g``, in float64; and this row's terms
+    of gamma's and beta's gradients added in the same read: ``g v^`` to ``gains`` and ``g``
+    to ``shifts`` (float64, length 0 to skip)."""
     s = 0.0
     sv = 0.0
-    for j in range(n):
-        gh = gamma[j] * g[j]
-        s += gh
-        sv += gh * v_hat[j]
+    if shifts.shape[0] > 0:
+        for j in range(g.shape[0]):
+            gains[j] += g[j] * v_hat[j]
+            shifts[j] += g[j]
+            gh = gamma[j] * g[j]
+            s += gh
+            sv += gh * v_hat[j]
+    elif gains.shape[0] > 0:
+        for j in range(g.shape[0]):
+            gains[j] += g[j] * v_hat[j]
+            gh = gamma[j] * g[j]
+            s += gh
+            sv += gh * v_hat[j]
+    else:
+        for j in range(g.shape[0]):
+            gh = gamma[j] * g[j]
+            s += gh
+            sv += gh * v_hat[j]
+    return s, sv
+
+
+@_kernel
+def _layer_norm_backward(g, gamma, v_hat, rho, out, gains, shifts):
+    """``out = rho (g^ - mean(g^) - v^ mean(g^ v^))``, ``g^ = gamma * g``: the gradient
+    reaching v through ``gamma * v^ + beta`` (``rnnlab.cells.lstm._layer_norm_backward``);
+    and gamma's and beta's terms as :func:`_gain_sums`."""
+    n = g.shape[0]
+    s, sv = _gain_sums(g, gamma, v_hat, gains, shifts)
     mean_g = s / n
     mean_gv = sv / n
     for j in range(n):
@@ -112,23 +147,25 @@ def _layer_norm_backward(g, gamma, v_hat, rho, out):
 
 @_kernel
 def _forward_row(z, a_h, c_prev, h_prev, m, peep, gamma_h, gamma_c, beta_c, zone_h, zone_c,
-                 c_tilde, c, y, h, r, a_h_hat, c_hat, proj):  # fmt: skip
-    """One row of step t.  ``z`` holds the input side of the gates and leaves as the
-    activated [i, f, g, o]; the options are rows of length 0 when off.  Returns
-    (rho_h, rho_c), the layer norms' inverse deviations (0 without LN).  With a projection
-    (``proj``) ``h`` receives u = o * y and the row stops there: h~ = W_hr u needs a
-    matmul first, and :func:`_project_rows` finishes the step.
+                 c_tilde, c, y, h, r, a_h_hat, c_hat, proj, a_x_hat, gamma_x, shift):  # fmt: skip
+    """One row of step t.  ``z`` holds the input side of the gates (with LN: a^x_t, not
+    yet normalised, and ``shift`` = beta_x + beta_h + b_ih + b_hh is added here) and
+    leaves as the activated [i, f, g, o]; the options are rows of length 0 when off.
+    Returns (rho_x, rho_h, rho_c), the layer norms' inverse deviations (0 without LN).
+    With a projection (``proj``) ``h`` receives u = o * y and the row stops there:
+    h~ = W_hr u needs a matmul first, and :func:`_project_rows` finishes the step.
 
     Each loop writes one array, which LLVM vectorises (16 float32 lanes); the
     nonlinearities in one loop with the rest ran scalar, 3x slower."""
     H = c_prev.shape[0]
     G = 4 * H
     use_ln = gamma_h.shape[0] > 0
-    rho_h = rho_c = 0.0
+    rho_x = rho_h = rho_c = 0.0
     if use_ln:
+        rho_x = _normalise(z, a_x_hat)
         rho_h = _normalise(a_h, a_h_hat)
         for j in range(G):
-            z[j] += gamma_h[j] * a_h_hat[j]
+            z[j] = gamma_x[j] * a_x_hat[j] + shift[j] + gamma_h[j] * a_h_hat[j]
     else:
         for j in range(G):
             z[j] += a_h[j]
@@ -166,7 +203,7 @@ def _forward_row(z, a_h, c_prev, h_prev, m, peep, gamma_h, gamma_c, beta_c, zone
             c[j] = c_tilde[j] + zone_c[j] * (c_prev[j] - c_tilde[j])
     if not proj:
         _finish_h(h, h_prev, zone_h, m, r)
-    return rho_h, rho_c
+    return rho_x, rho_h, rho_c
 
 
 @_kernel
@@ -190,22 +227,24 @@ def _forward_rows(t, lo, hi, arrays, opts, ln):
     """Rows ``lo:hi`` of step t: see :func:`_forward_row`.  ``arrays``: (gates, a_h, h0, c0,
     hs, cs, c_tildes, ys, r, us), ``a_h`` = r_{t-1} W_hh^T, ``us`` (T, N, H) the u_t of a
     projected layer, else (T, N, 0); ``opts``: (m, peep, gamma_h, gamma_c, beta_c, zone_h,
-    zone_c); ``ln``: (a_h_hats, rstd_h, c_hats, rstd_c)."""
+    zone_c); ``ln``: (a_h_hats, rstd_h, c_hats, rstd_c, a_x_hats, rstd_x, gamma_x, shift),
+    the last two (4H,)."""
     gates, a_h, h0, c0, hs, cs, c_tildes, ys, r, us = arrays
     m, peep, gamma_h, gamma_c, beta_c, zone_h, zone_c = opts
-    a_h_hats, rstd_h, c_hats, rstd_c = ln
+    a_h_hats, rstd_h, c_hats, rstd_c, a_x_hats, rstd_x, gamma_x, shift = ln
     use_ln = gamma_h.shape[0] > 0
     proj = us.shape[2] > 0
     for n in range(lo, hi):
         c_prev = c0[n] if t == 0 else cs[t - 1, n]
         h_prev = h0[n] if t == 0 else hs[t - 1, n]
         out = us[t, n] if proj else hs[t, n]
-        rho_h, rho_c = _forward_row(
+        rho_x, rho_h, rho_c = _forward_row(
             gates[t, n], a_h[n], c_prev, h_prev, m[n], peep, gamma_h, gamma_c, beta_c,
             zone_h[t, n], zone_c[t, n], c_tildes[t, n], cs[t, n], ys[t, n], out, r[n],
-            a_h_hats[t, n], c_hats[t, n], proj,
+            a_h_hats[t, n], c_hats[t, n], proj, a_x_hats[t, n], gamma_x, shift,
         )  # fmt: skip
         if use_ln:
+            rstd_x[t, n, 0] = rho_x
             rstd_h[t, n, 0] = rho_h
             rstd_c[t, n, 0] = rho_c
 
@@ -224,14 +263,21 @@ def _project_rows(t, lo, hi, arrays, opts):
 @_kernel
 def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamma_c,
                   zone_h, zone_c, a_h_hat, rho_h, c_hat, rho_c, carry_h, carry_c,
-                  grad_z, grad_a_h, grad_n, c_bar, n_bar, grad_u):  # fmt: skip
+                  grad_z, grad_a_h, grad_n, c_bar, n_bar, grad_u, a_x_hat, rho_x, gamma_x,
+                  grad_a_x, sums):  # fmt: skip
     """One row of step t of the reverse loop (cells/lstm.py, "Backward of the extended
     LSTM").  In: ``grad_r`` = W_hh^T a^h-bar_{t+1}, ``carry_h`` = d^h_{t+1} h-bar_{t+1},
     ``carry_c`` = what c_t gets from step t+1.  Out: ``grad_z`` = z-bar_t, ``grad_a_h`` =
     a^h-bar_t (LN; else it is grad_z), ``grad_n`` = n-bar_t (LN), and the carries for step
-    t - 1.  ``c_bar``, ``n_bar``: scratch rows of H values.  With a projection ``grad_u``
-    holds u-bar = W_hr^T h~-bar (from :func:`_unproject_rows` and a matmul) and the
-    h-bar arguments are not read; else it has length 0.  Two loops, as the forward."""
+    t - 1.  ``c_bar``, ``n_bar``: scratch rows of H values.  ``grad_z`` may be a scratch
+    row too, where z-bar is not kept (LN without peepholes: ``sums`` takes its sum).
+
+    With a projection ``grad_u`` holds u-bar = W_hr^T h~-bar (from :func:`_unproject_rows`
+    and a matmul) and the h-bar arguments are not read; else it has length 0.  With LN
+    also ``grad_a_x`` = a^x-bar_t and, added to this sequence's ``sums`` (14H values,
+    float64), its terms of the sums over time of z-bar a^x-hat (gamma_x), z-bar a^h-hat
+    (gamma_h), n-bar c-hat (gamma_c), n-bar (beta_c) and z-bar (the biases and beta_x):
+    the parameter gradients without a pass over all steps.  Two loops, as the forward."""
     H = c_prev.shape[0]
     use_ln, use_peep, use_m = gamma_h.shape[0] > 0, peep.shape[1] > 0, m.shape[0] > 0
     use_zh, use_zc = zone_h.shape[0] > 0, zone_c.shape[0] > 0
@@ -251,10 +297,19 @@ def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamm
         grad_z[3 * H + j] = u_bar * yj * o * (1.0 - o)
         n_bar[j] = u_bar * o * (1.0 - yj * yj)
         c_bar[j] = grad_cs[j] + carry_c[j]
-    if use_ln:
+    if use_ln:  # sums: gamma_x, gamma_h, gamma_c, beta_c
+        G = 4 * H
         for j in range(H):
             grad_n[j] = n_bar[j]
-        _layer_norm_backward(grad_n, gamma_c, c_hat, rho_c, n_bar)
+        _layer_norm_backward(
+            grad_n,
+            gamma_c,
+            c_hat,
+            rho_c,
+            n_bar,
+            sums[2 * G : 2 * G + H],
+            sums[2 * G + H : 2 * G + 2 * H],
+        )
     for j in range(H):
         cb = c_bar[j]
         # c~-bar: (1 - d^c) c-bar + LN'(n-bar) + w_co z^o-bar
@@ -274,7 +329,10 @@ def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamm
             cc += peep[0, j] * gi + peep[1, j] * gf
         carry_c[j] = cc
     if use_ln:
-        _layer_norm_backward(grad_z, gamma_h, a_h_hat, rho_h, grad_a_h)
+        G = 4 * H
+        none = sums[:0]
+        _layer_norm_backward(grad_z, gamma_h, a_h_hat, rho_h, grad_a_h, sums[G : 2 * G], none)
+        _layer_norm_backward(grad_z, gamma_x, a_x_hat, rho_x, grad_a_x, sums[:G], sums[10 * H :])
 
 
 @_kernel
@@ -282,22 +340,30 @@ def _backward_rows(t, lo, hi, arrays, opts, ln, scratch):
     """Rows ``lo:hi`` of step t of the reverse loop: see :func:`_backward_row`.
     ``arrays``: (gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_gates,
     grad_a_h, grad_ns, grad_u, grad_h_tildes), the last two (N, H) and (T, N, P) with a
-    projection, else empty; ``opts`` and ``ln`` as :func:`_forward_rows`; ``scratch``
-    (2, H)."""
+    projection, else empty; ``opts`` as :func:`_forward_rows`; ``ln``: (a_h_hats, rstd_h,
+    c_hats, rstd_c, a_x_hats, rstd_x, gamma_x, grad_a_xs, sums), ``sums`` (N, 14H) float64
+    (:func:`_backward_row`); ``grad_gates`` is (T, N, 0) where z-bar is not kept;
+    ``scratch`` (6H,)."""
     gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_z, grad_a_h = arrays[:11]
     grad_ns, grad_u = arrays[11], arrays[12]
     m, peep, gamma_h, gamma_c, _, zone_h, zone_c = opts
-    a_h_hats, rstd_h, c_hats, rstd_c = ln
+    a_h_hats, rstd_h, c_hats, rstd_c, a_x_hats, rstd_x, gamma_x, grad_a_xs, sums = ln
     use_ln = gamma_h.shape[0] > 0
+    keep_z = grad_z.shape[2] > 0
+    H = cs.shape[2]
+    c_bar, n_bar, z_row = scratch[:H], scratch[H : 2 * H], scratch[2 * H :]
     for n in range(lo, hi):
         c_prev = c0[n] if t == 0 else cs[t - 1, n]
+        z_bar = grad_z[t, n] if keep_z else z_row
+        rho_x = rstd_x[t, n, 0] if use_ln else 0.0
         rho_h = rstd_h[t, n, 0] if use_ln else 0.0
         rho_c = rstd_c[t, n, 0] if use_ln else 0.0
         _backward_row(
             gates[t, n], c_prev, ys[t, n], grad_hs[t, n], grad_cs[t, n], grad_r[n], m[n],
             peep, gamma_h, gamma_c, zone_h[t, n], zone_c[t, n], a_h_hats[t, n], rho_h,
-            c_hats[t, n], rho_c, carry_h[n], carry_c[n], grad_z[t, n], grad_a_h[t, n],
-            grad_ns[t, n], scratch[0], scratch[1], grad_u[n],
+            c_hats[t, n], rho_c, carry_h[n], carry_c[n], z_bar, grad_a_h[t, n],
+            grad_ns[t, n], c_bar, n_bar, grad_u[n], a_x_hats[t, n], rho_x, gamma_x,
+            grad_a_xs[t, n], sums[n],
         )  # fmt: skip
 
 
@@ -434,20 +500,28 @@ class LSTMCompiledFunction(torch.autograd.Function):
         H, P = c0.shape[1], h0.shape[1]
         use_ln, proj = gamma_x is not None, weight_hr is not None
         bias = _combined_bias(bias_ih, bias_hh, x)
-        gates, a_x_hats, rstd_x = ext_input_gates(x, weight_ih, bias, gamma_x, beta_x, beta_h)
+        G = 4 * H
+        if use_ln:  # a^x_t; its layer norm and the shifts are done in each step's pass
+            gates = input_projection(x, weight_ih)
+            shift = beta_x + beta_h if bias is None else beta_x + beta_h + bias
+            a_x_hats, rstd_x = x.new_empty(T, N, G), x.new_empty(T, N, 1)
+        else:
+            gates = input_projection(x, weight_ih, bias)
+            a_x_hats, rstd_x, shift = x.new_empty(T, N, 0), x.new_empty(T, N, 0), x.new_empty(0)
         hs, cs, ys = x.new_empty(T, N, P), x.new_empty(T, N, H), x.new_empty(T, N, H)
         us = x.new_empty(T, N, H if proj else 0)  # u_t = o_t y_t, before W_hr
         c_tildes = cs if zone_c is None else x.new_empty(T, N, H)
-        ln_rows = (4 * H, 1, H, 1) if use_ln else (0, 0, 0, 0)
+        ln_rows = (G, 1, H, 1) if use_ln else (0, 0, 0, 0)
         a_h_hats, rstd_h, c_hats, rstd_c = (x.new_empty(T, N, k) for k in ln_rows)
         r = h0.detach() if drop_mask is None else h0.detach() * drop_mask
         r = r.contiguous().clone()  # r_{t-1} = m h_{t-1}, written by each step
-        a_h = x.new_empty(N, 4 * H)  # r_{t-1} W_hh^T
+        a_h = x.new_empty(N, G)  # r_{t-1} W_hh^T
         opts = _option_arrays(gates, T, N, P, drop_mask, peephole, (gamma_h, gamma_c, beta_c),
                               zone_h, zone_c)  # fmt: skip
         arrays = (*map(_out, (gates, a_h)), _np(h0), _np(c0))
         arrays = (*arrays, *map(_out, (hs, cs, c_tildes, ys, r, us)))
-        ln = tuple(map(_out, (a_h_hats, rstd_h, c_hats, rstd_c)))
+        ln = tuple(map(_out, (a_h_hats, rstd_h, c_hats, rstd_c, a_x_hats, rstd_x)))
+        ln += (_np(x.new_empty(0) if gamma_x is None else gamma_x), _np(shift))
         parts = _parts(N)
         w_hh_t = step_weight(weight_hh)
         w_hr_t = step_weight(weight_hr) if proj else None
@@ -487,7 +561,8 @@ class LSTMCompiledFunction(torch.autograd.Function):
         T, N, _ = x.shape
         H, P = c0.shape[1], h0.shape[1]
         use_ln, proj = gamma_x is not None, weight_hr is not None
-        grad_gates = torch.empty_like(gates)  # z-bar of every step, (T, N, 4H)
+        keep_z = not use_ln or peephole is not None  # else sums takes the bias gradient
+        grad_gates = torch.empty_like(gates) if keep_z else x.new_empty(T, N, 0)  # z-bar
         grad_a_h = torch.empty_like(gates) if use_ln else grad_gates  # a^h-bar
         grad_ns = x.new_empty(T, N, H if use_ln else 0)  # n-bar, for gamma_c and beta_c
         grad_r = _zeros(h0, N, P)  # W_hh^T a^h-bar_{t+1}
@@ -496,11 +571,14 @@ class LSTMCompiledFunction(torch.autograd.Function):
         grad_u = x.new_empty(N, H if proj else 0)  # W_hr^T h~-bar_t (projection)
         grad_h_tildes = x.new_empty(T, N, P if proj else 0)  # h~-bar of every step (W_hr)
         parts = _parts(N)
-        scratch = np.empty((parts, 2, H), dtype=_np(gates).dtype)
+        scratch = np.empty((parts, 6 * H), dtype=_np(gates).dtype)
         arrays = tuple(map(_np, (gates, c0, cs, ys, grad_hs, grad_cs)))
         arrays += tuple(map(_out, (grad_r, carry_h, carry_c, grad_gates, grad_a_h, grad_ns)))
         arrays += (_out(grad_u), _out(grad_h_tildes))
-        ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c)))
+        grad_a_xs = torch.empty_like(gates) if use_ln else x.new_empty(T, N, 0)  # a^x-bar
+        sums = np.zeros((N, 14 * H if use_ln else 0))  # per sequence, see _backward_row
+        ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c, a_x_hats, rstd_x)))
+        ln += (_np(x.new_empty(0) if gamma_x is None else gamma_x), _out(grad_a_xs), sums)
         whole = N <= SEQUENCE_ROWS and not proj
         if whole:
             _backward_sequence(arrays, ctx.opts, ln, scratch, _np(weight_hh))
@@ -518,6 +596,11 @@ class LSTMCompiledFunction(torch.autograd.Function):
             torch.mm(grad_a_h[t], weight_hh, out=grad_r)
         grad_h = grad_r if drop_mask is None else grad_r * drop_mask
         grad_h = grad_h + carry_h  # h0-bar = m W_hh^T a^h-bar_0 + d^h_0 h-bar_0
+        ln_grads = None
+        if use_ln:  # a^x-bar and the gradients of gamma_x, gamma_h, gamma_c, beta_c, b
+            G = 4 * H
+            total = torch.from_numpy(sums).sum(0).to(x.dtype)
+            ln_grads = (grad_a_xs.view(T * N, G), *total.split((G, G, H, H, G)))
         return ext_parameter_grads(
             ctx.needs_input_grad,
             ctx.has_bias,
@@ -532,6 +615,7 @@ class LSTMCompiledFunction(torch.autograd.Function):
             ),
             (hs, cs, c_tildes, us if proj else None),
             (gamma_x, gamma_h, gamma_c, a_x_hats, rstd_x, a_h_hats, c_hats),
+            ln_grads,
         )
 
 
