@@ -6,6 +6,8 @@ swap (a near tie, rare); float64 makes that practically impossible.
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -303,3 +305,29 @@ def test_rational_tanh_of_float32_models_is_within_its_stated_bound():
     assert numba_generate._tanh(0.3, f32) == tanh_rational(0.3)
     assert numba_generate._tanh(0.3, f64) == math.tanh(0.3)
     assert numba_generate._sigmoid(0.3, f64) == 1.0 / (1.0 + math.exp(-0.3))
+
+
+def test_compile_cache_is_keyed_on_the_backend_sources(tmp_path):
+    """Numba checks a cached function against its own file only; rnnlab's kernels inline
+    code from other files, so ``_jit`` adds a digest of the backend sources to the stamp:
+    with another digest (an edited ``numba_math.py``, say) the cached code is not loaded."""
+    (tmp_path / "kernel_user.py").write_text(
+        "from rnnlab.backends.numba_math import _jit\n\n@_jit\ndef add_one(x):\n    return x + 1\n"
+    )
+    run = (
+        "import sys\nsys.path.insert(0, {path!r})\n"
+        "from rnnlab.backends import numba_math\n{patch}\n"
+        "import kernel_user\nassert kernel_user.add_one(1) == 2\n"
+        "print(sum(kernel_user.add_one.stats.cache_hits.values()))\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "RNNLAB_NUMBA_CACHE": "1"}
+
+    def hits(patch=""):
+        code = run.format(path=str(tmp_path), patch=patch)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.split()[-1])
+
+    assert hits() == 0  # compiled and saved
+    assert hits() == 1  # loaded: same sources
+    assert hits("numba_math.sources_digest = lambda: 'edited'") == 0  # compiled again

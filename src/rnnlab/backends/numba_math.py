@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import math
 import os
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -40,10 +42,41 @@ def _jit(fn, refcounts: bool = True, **extra):
         options["_nrt"] = False
     if os.environ.get("RNNLAB_NUMBA_CACHE", "1") != "0":
         try:
-            return numba.njit(cache=True, **options)(fn)
+            return _stamp_with_sources(numba.njit(cache=True, **options)(fn))
         except Exception:  # no writable cache locator: compile in memory
             pass
     return numba.njit(**options)(fn)
+
+
+STAMPED_PACKAGES = ("backends", "cells")  # where compiled code and its constants come from
+
+
+@functools.cache
+def sources_digest() -> str:
+    """A digest of every source file in :data:`STAMPED_PACKAGES` of rnnlab."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for package in STAMPED_PACKAGES:
+        for path in sorted((root / package).glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _stamp_with_sources(dispatcher):
+    """Key ``dispatcher``'s on-disk cache on :func:`sources_digest` too.
+
+    Numba checks a cached function against its own file's time and size only, yet the
+    machine code holds the functions it called from other files, inlined, and the
+    constants it read from them (Numba issue #1833): after an edit of ``numba_math.py``
+    alone, the LSTM's kernels in ``numba_lstm.py`` would load as they were.  With the
+    digest in the stamp the cache index is checked against, any edit in those packages
+    makes every kernel compile again.  Where Numba's cache has another shape (a future
+    version), its own check stays."""
+    cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    stamp = getattr(cache_file, "_source_stamp", None)
+    if stamp is not None:
+        cache_file._source_stamp = (stamp, sources_digest())
+    return dispatcher
 
 
 def is_cached(dispatcher) -> bool:
