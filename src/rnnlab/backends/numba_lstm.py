@@ -27,10 +27,15 @@ dropout mask; the backward pass starts with :func:`_unproject_rows` (the P value
 :math:`\bar u_t = \bar{\tilde h}_t W_{hr}` (PyTorch), then the row pass from
 :math:`\bar u_t`.
 
-The input side (one matmul for all steps, :func:`rnnlab.cells.lstm.ext_input_gates`) and
-the weight gradients (one matmul or reduction each,
-:func:`rnnlab.cells.lstm.ext_parameter_grads`) are the fused path's own code, and the
-tensors kept for backward are the same, so memory is as documented there.
+The input side is one matmul for all steps (:func:`rnnlab.cells.elman.input_projection`);
+with LN, each step's pass normalises its rows of :math:`a^x_t` and adds the shifts, where
+the fused path (:func:`rnnlab.cells.lstm.ext_input_gates`) makes a pass over all steps.
+The weight gradients are the fused path's matmuls
+(:func:`rnnlab.cells.lstm.ext_parameter_grads`); the gradients that are sums over time of
+element-wise products (LN's gains and shifts, the biases with LN, the peepholes) the
+reverse loop adds up per sequence as it goes, in float64, while the rows are in cache, and
+with LN it computes :math:`\bar a^x_t` there too.  The tensors kept for backward are the
+fused path's, so memory is as documented there.
 
 Arithmetic.  Float64 layers compute in float64 with libm's ``exp`` and ``tanh``, and
 equal the reference path to about 1e-14.  For float32 layers the forward pass computes
@@ -264,20 +269,23 @@ def _project_rows(t, lo, hi, arrays, opts):
 def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamma_c,
                   zone_h, zone_c, a_h_hat, rho_h, c_hat, rho_c, carry_h, carry_c,
                   grad_z, grad_a_h, grad_n, c_bar, n_bar, grad_u, a_x_hat, rho_x, gamma_x,
-                  grad_a_x, sums):  # fmt: skip
+                  grad_a_x, sums, c_tilde, peep_sums):  # fmt: skip
     """One row of step t of the reverse loop (cells/lstm.py, "Backward of the extended
     LSTM").  In: ``grad_r`` = W_hh^T a^h-bar_{t+1}, ``carry_h`` = d^h_{t+1} h-bar_{t+1},
     ``carry_c`` = what c_t gets from step t+1.  Out: ``grad_z`` = z-bar_t, ``grad_a_h`` =
-    a^h-bar_t (LN; else it is grad_z), ``grad_n`` = n-bar_t (LN), and the carries for step
-    t - 1.  ``c_bar``, ``n_bar``: scratch rows of H values.  ``grad_z`` may be a scratch
-    row too, where z-bar is not kept (LN without peepholes: ``sums`` takes its sum).
+    a^h-bar_t (LN; else it is grad_z), and the carries for step t - 1.  ``grad_n`` (n-bar_t,
+    LN), ``c_bar``, ``n_bar``: scratch rows of H values.  ``grad_z`` may be a scratch row
+    too, where z-bar is not kept (with LN: ``sums`` takes its sums).
 
     With a projection ``grad_u`` holds u-bar = W_hr^T h~-bar (from :func:`_unproject_rows`
     and a matmul) and the h-bar arguments are not read; else it has length 0.  With LN
     also ``grad_a_x`` = a^x-bar_t and, added to this sequence's ``sums`` (14H values,
     float64), its terms of the sums over time of z-bar a^x-hat (gamma_x), z-bar a^h-hat
     (gamma_h), n-bar c-hat (gamma_c), n-bar (beta_c) and z-bar (the biases and beta_x):
-    the parameter gradients without a pass over all steps.  Two loops, as the forward."""
+    the parameter gradients without a pass over all steps.  With peepholes, likewise
+    ``peep_sums`` (3H values) takes the terms of w_ci's, w_cf's and w_co's gradients,
+    z^i-bar c_{t-1}, z^f-bar c_{t-1} and z^o-bar c~_t (``c_tilde``).  Two loops, as the
+    forward."""
     H = c_prev.shape[0]
     use_ln, use_peep, use_m = gamma_h.shape[0] > 0, peep.shape[1] > 0, m.shape[0] > 0
     use_zh, use_zc = zone_h.shape[0] > 0, zone_c.shape[0] > 0
@@ -327,6 +335,9 @@ def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamm
             cc += zone_c[j] * cb
         if use_peep:
             cc += peep[0, j] * gi + peep[1, j] * gf
+            peep_sums[j] += gi * c_prev[j]
+            peep_sums[H + j] += gf * c_prev[j]
+            peep_sums[2 * H + j] += grad_z[3 * H + j] * c_tilde[j]
         carry_c[j] = cc
     if use_ln:
         G = 4 * H
@@ -339,19 +350,22 @@ def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamm
 def _backward_rows(t, lo, hi, arrays, opts, ln, scratch):
     """Rows ``lo:hi`` of step t of the reverse loop: see :func:`_backward_row`.
     ``arrays``: (gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_gates,
-    grad_a_h, grad_ns, grad_u, grad_h_tildes), the last two (N, H) and (T, N, P) with a
+    grad_a_h, c_tildes, grad_u, grad_h_tildes), the last two (N, H) and (T, N, P) with a
     projection, else empty; ``opts`` as :func:`_forward_rows`; ``ln``: (a_h_hats, rstd_h,
-    c_hats, rstd_c, a_x_hats, rstd_x, gamma_x, grad_a_xs, sums), ``sums`` (N, 14H) float64
-    (:func:`_backward_row`); ``grad_gates`` is (T, N, 0) where z-bar is not kept;
-    ``scratch`` (6H,)."""
+    c_hats, rstd_c, a_x_hats, rstd_x, gamma_x, grad_a_xs, sums), ``sums`` (N, K) float64,
+    K = 14H with LN (:func:`_backward_row`'s ``sums``) + 3H with peepholes (its
+    ``peep_sums``); ``grad_gates`` is (T, N, 0) where z-bar is not kept; ``scratch``
+    (7H,)."""
     gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_z, grad_a_h = arrays[:11]
-    grad_ns, grad_u = arrays[11], arrays[12]
+    c_tildes, grad_u = arrays[11], arrays[12]
     m, peep, gamma_h, gamma_c, _, zone_h, zone_c = opts
     a_h_hats, rstd_h, c_hats, rstd_c, a_x_hats, rstd_x, gamma_x, grad_a_xs, sums = ln
     use_ln = gamma_h.shape[0] > 0
     keep_z = grad_z.shape[2] > 0
     H = cs.shape[2]
-    c_bar, n_bar, z_row = scratch[:H], scratch[H : 2 * H], scratch[2 * H :]
+    c_bar, n_bar, grad_n = scratch[:H], scratch[H : 2 * H], scratch[2 * H : 3 * H]
+    z_row = scratch[3 * H :]
+    ln_part = 14 * H if use_ln else 0
     for n in range(lo, hi):
         c_prev = c0[n] if t == 0 else cs[t - 1, n]
         z_bar = grad_z[t, n] if keep_z else z_row
@@ -362,8 +376,8 @@ def _backward_rows(t, lo, hi, arrays, opts, ln, scratch):
             gates[t, n], c_prev, ys[t, n], grad_hs[t, n], grad_cs[t, n], grad_r[n], m[n],
             peep, gamma_h, gamma_c, zone_h[t, n], zone_c[t, n], a_h_hats[t, n], rho_h,
             c_hats[t, n], rho_c, carry_h[n], carry_c[n], z_bar, grad_a_h[t, n],
-            grad_ns[t, n], c_bar, n_bar, grad_u[n], a_x_hats[t, n], rho_x, gamma_x,
-            grad_a_xs[t, n], sums[n],
+            grad_n, c_bar, n_bar, grad_u[n], a_x_hats[t, n], rho_x, gamma_x,
+            grad_a_xs[t, n], sums[n, :ln_part], c_tildes[t, n], sums[n, ln_part:],
         )  # fmt: skip
 
 
@@ -561,22 +575,23 @@ class LSTMCompiledFunction(torch.autograd.Function):
         T, N, _ = x.shape
         H, P = c0.shape[1], h0.shape[1]
         use_ln, proj = gamma_x is not None, weight_hr is not None
-        keep_z = not use_ln or peephole is not None  # else sums takes the bias gradient
-        grad_gates = torch.empty_like(gates) if keep_z else x.new_empty(T, N, 0)  # z-bar
+        # z-bar is a^h-bar without LN; with it, sums takes every gradient made from it
+        grad_gates = x.new_empty(T, N, 0) if use_ln else torch.empty_like(gates)
         grad_a_h = torch.empty_like(gates) if use_ln else grad_gates  # a^h-bar
-        grad_ns = x.new_empty(T, N, H if use_ln else 0)  # n-bar, for gamma_c and beta_c
         grad_r = _zeros(h0, N, P)  # W_hh^T a^h-bar_{t+1}
         carry_h = _zeros(h0, N, P)  # d^h_{t+1} h-bar_{t+1}
         carry_c = _zeros(c0, N, H)  # what c_t gets from step t+1
         grad_u = x.new_empty(N, H if proj else 0)  # W_hr^T h~-bar_t (projection)
         grad_h_tildes = x.new_empty(T, N, P if proj else 0)  # h~-bar of every step (W_hr)
         parts = _parts(N)
-        scratch = np.empty((parts, 6 * H), dtype=_np(gates).dtype)
+        scratch = np.empty((parts, 7 * H), dtype=_np(gates).dtype)
         arrays = tuple(map(_np, (gates, c0, cs, ys, grad_hs, grad_cs)))
-        arrays += tuple(map(_out, (grad_r, carry_h, carry_c, grad_gates, grad_a_h, grad_ns)))
+        arrays += tuple(map(_out, (grad_r, carry_h, carry_c, grad_gates, grad_a_h)))
+        arrays += (_np(c_tildes),)
         arrays += (_out(grad_u), _out(grad_h_tildes))
         grad_a_xs = torch.empty_like(gates) if use_ln else x.new_empty(T, N, 0)  # a^x-bar
-        sums = np.zeros((N, 14 * H if use_ln else 0))  # per sequence, see _backward_row
+        width = (14 * H if use_ln else 0) + (3 * H if peephole is not None else 0)
+        sums = np.zeros((N, width))  # per sequence: see _backward_rows
         ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c, a_x_hats, rstd_x)))
         ln += (_np(x.new_empty(0) if gamma_x is None else gamma_x), _out(grad_a_xs), sums)
         whole = N <= SEQUENCE_ROWS and not proj
@@ -596,11 +611,15 @@ class LSTMCompiledFunction(torch.autograd.Function):
             torch.mm(grad_a_h[t], weight_hh, out=grad_r)
         grad_h = grad_r if drop_mask is None else grad_r * drop_mask
         grad_h = grad_h + carry_h  # h0-bar = m W_hh^T a^h-bar_0 + d^h_0 h-bar_0
-        ln_grads = None
-        if use_ln:  # a^x-bar and the gradients of gamma_x, gamma_h, gamma_c, beta_c, b
+        summed = {}  # the gradients the reverse loop summed per sequence
+        total = torch.from_numpy(sums).sum(0).to(x.dtype)
+        if use_ln:
             G = 4 * H
-            total = torch.from_numpy(sums).sum(0).to(x.dtype)
-            ln_grads = (grad_a_xs.view(T * N, G), *total.split((G, G, H, H, G)))
+            names = ("gamma_x", "gamma_h", "gamma_c", "beta_c", "bias")
+            summed = dict(zip(names, total[: 14 * H].split((G, G, H, H, G)), strict=True))
+            summed["a_x"] = grad_a_xs.view(T * N, G)
+        if peephole is not None:
+            summed["peephole"] = total[-3 * H :].view(3, H)
         return ext_parameter_grads(
             ctx.needs_input_grad,
             ctx.has_bias,
@@ -608,14 +627,14 @@ class LSTMCompiledFunction(torch.autograd.Function):
             (
                 grad_gates,
                 grad_a_h,
-                grad_ns if use_ln else None,
+                None,  # n-bar: summed
                 grad_h_tildes if proj else None,
                 grad_h,
                 carry_c,
             ),
             (hs, cs, c_tildes, us if proj else None),
             (gamma_x, gamma_h, gamma_c, a_x_hats, rstd_x, a_h_hats, c_hats),
-            ln_grads,
+            summed,
         )
 
 

@@ -544,7 +544,7 @@ def ext_input_gates(x, weight_ih, bias, gamma_x=None, beta_x=None, beta_h=None):
     return gates, a_x_hats, rstd_x
 
 
-def ext_parameter_grads(needs, has_bias, inputs, grads, outputs, ln_saved, ln_grads=None):
+def ext_parameter_grads(needs, has_bias, inputs, grads, outputs, ln_saved, summed=None):
     """The extended LSTM's gradient tuple, after the reverse loop (module docstring: one
     matmul or reduction per gradient).  Shared by the fused and the compiled backward.
 
@@ -553,9 +553,10 @@ def ext_parameter_grads(needs, has_bias, inputs, grads, outputs, ln_saved, ln_gr
     LN), grad_ns = n-bar (LN only), grad_h_tildes (projection only), grad_h, grad_c =
     the gradients of h0 and c0); ``outputs``: (hs, cs, c_tildes, us);
     ``ln_saved``: (gamma_x, gamma_h, gamma_c, a_x_hats, rstd_x, a_h_hats, c_hats);
-    ``ln_grads``: (a^x-bar as (TN, 4H), and the gradients of gamma_x, gamma_h, gamma_c,
-    beta_c and the biases) where the reverse loop summed them already (the compiled
-    path; ``grad_gates`` is then only read for the peepholes), else None.
+    ``summed``: what the reverse loop summed already (the compiled path), by name:
+    ``"peephole"`` (3, H), and with LN ``"a_x"`` (a^x-bar as (TN, 4H)), ``"gamma_x"``,
+    ``"gamma_h"``, ``"gamma_c"``, ``"beta_c"``, ``"bias"``; with LN ``grad_gates`` and
+    ``grad_ns`` are then not read.
     """
     x, h0, c0, weight_ih, weight_hh, weight_hr, peephole, drop_mask = inputs
     grad_gates, grad_a_h, grad_ns, grad_h_tildes, grad_h, grad_c = grads
@@ -564,14 +565,17 @@ def ext_parameter_grads(needs, has_bias, inputs, grads, outputs, ln_saved, ln_gr
     T, N, I = x.shape
     H, P = c0.shape[1], h0.shape[1]
     use_ln = gamma_x is not None
+    summed = summed or {}
     grad_gamma_x = grad_gamma_h = grad_gamma_c = grad_beta_c = None
-    if ln_grads is not None:
-        grad_a_x, grad_gamma_x, grad_gamma_h, grad_gamma_c, grad_beta_c, grad_b = ln_grads
+    if "a_x" in summed:
+        grad_a_x, grad_b = summed["a_x"], summed["bias"]
+        grad_gamma_x, grad_gamma_h = summed["gamma_x"], summed["gamma_h"]
+        grad_gamma_c, grad_beta_c = summed["gamma_c"], summed["beta_c"]
     else:
         dz = grad_gates.view(T * N, 4 * H)
         grad_b = dz.sum(0)
         grad_a_x = dz  # a^x-bar: z-bar itself without LN
-    if use_ln and ln_grads is None:
+    if use_ln and "a_x" not in summed:
         grad_a_x, grad_gamma_x = _layer_norm_grads(dz, gamma_x, a_x_hats, rstd_x, gain=True)
         grad_gamma_h = (dz * a_h_hats.view(T * N, 4 * H)).sum(0)
         grad_gamma_c = (grad_ns * c_hats).sum((0, 1))
@@ -590,8 +594,8 @@ def ext_parameter_grads(needs, has_bias, inputs, grads, outputs, ln_saved, ln_gr
     grad_w_hr = None
     if weight_hr is not None and needs[7]:
         grad_w_hr = grad_h_tildes.view(T * N, P).t() @ us.view(T * N, H)
-    grad_peephole = None
-    if peephole is not None and needs[8]:
+    grad_peephole = summed.get("peephole") if needs[8] else None
+    if peephole is not None and needs[8] and grad_peephole is None:
         c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])
         gi, gf, _, go = grad_gates.chunk(4, dim=2)
         grad_peephole = torch.stack(
