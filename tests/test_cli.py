@@ -330,3 +330,92 @@ def test_readme_documents_every_flag():
             for option in action.option_strings:
                 if option not in ("-h", "--help"):
                     assert f"`{option}" in readme, f"rnnlab {name} {option} is not in the README"
+
+
+def test_backend_a_cell_cannot_use_is_a_one_line_error(capsys, tmp_path, corpus):
+    """The layers refuse the combination; the command says so in one line, no traceback."""
+    expect_train_error(
+        capsys,
+        tmp_path,
+        corpus,
+        "backend 'torch'",
+        "PascanuRNN",
+        extra=("--cell", "pascanu", "--backend", "torch"),
+    )
+
+
+def test_hidden_recurrence_flag(capsys, tmp_path, corpus):
+    out = tmp_path / "jordan"
+    code, _, err = run_cli(
+        capsys, "train", "--data", corpus, *TINY, "--cell", "jordan", "--hidden-recurrence",
+        "--max-steps", "2", "--sample-length", "0", "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["model"]["hidden_recurrence"] is True
+
+
+def test_unusable_out_directory(capsys, tmp_path, corpus):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, _, err = run_cli(
+        capsys, "train", "--data", corpus, *TINY, "--max-steps", "2", "--out", blocker
+    )
+    assert code == 2 and "Traceback" not in err
+    assert "cannot write the run directory" in err and "a-file" in err
+    code, _, err = run_cli(capsys, "diagnose", "--hidden", "8", "--out", blocker / "sub")
+    assert_one_line_error(code, err, "cannot use", "output directory")
+
+
+def test_resume_refuses_another_model_shape_and_a_damaged_state(capsys, tmp_path, corpus):
+    out = tmp_path / "run"
+    args = ("train", "--data", corpus, *TINY, "--max-steps", "2", "--sample-length", "0")
+    assert run_cli(capsys, *args, "--out", out)[0] == 0
+    code, _, err = run_cli(capsys, "train", "--resume", out, "--hidden", "24", "--max-steps", "3")
+    assert_one_line_error(code, err, "another model shape", "hidden_size 16 -> 24")
+    (out / "last" / "training_state.json").write_text("{}")
+    code, _, err = run_cli(capsys, "train", "--resume", out, "--max-steps", "3")
+    assert_one_line_error(code, err, "training state is damaged")
+
+
+def test_run_directory_works_from_another_directory(capsys, tmp_path, corpus, monkeypatch):
+    """The data path is stored absolute, so eval finds the text from anywhere."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "text.txt").write_text(TEXT, encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "work")
+    args = ("train", "--data", "text.txt", *TINY, "--max-steps", "2", "--sample-length", "0")
+    assert run_cli(capsys, *args, "--out", "run")[0] == 0
+    saved = json.loads((tmp_path / "work" / "run" / "config.json").read_text())
+    assert saved["data"]["path"] == str(tmp_path / "work" / "text.txt")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "eval", tmp_path / "work" / "run")
+    assert code == 0, err
+    assert "validation loss" in out
+
+
+def test_a_new_run_replaces_the_metrics_of_an_old_one(capsys, tmp_path, corpus):
+    out = tmp_path / "run"
+    args = ("train", "--data", corpus, *TINY, "--sample-length", "0", "--out", out)
+    assert run_cli(capsys, *args, "--max-steps", "3", "--eval-interval", "3")[0] == 0
+    assert run_cli(capsys, *args, "--max-steps", "2", "--eval-interval", "2")[0] == 0
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and max(steps) == 2
+
+
+def test_sample_length_zero_prints_no_sample(capsys, tmp_path, corpus):
+    args = ("train", "--data", corpus, *TINY, "--max-steps", "2", "--sample-length", "0")
+    code, out, _ = run_cli(capsys, *args, "--out", tmp_path / "run")
+    assert code == 0
+    assert "--- sample" not in out
+
+
+def test_eval_says_how_many_streams_it_scored(capsys, run_dir):
+    code, out, _ = run_cli(capsys, "eval", run_dir, "--streams", "100000")
+    assert code == 0
+    assert "scored as 100000 streams" not in out
+    assert "fewer than the 100000 asked for" in out
+
+
+def test_bench_shapes_with_an_empty_entry(capsys):
+    for shapes in ("", "1,,2"):
+        code, _, err = run_cli(capsys, "bench", "speed", "--quick", "--shapes", shapes)
+        assert_one_line_error(code, err, "empty entry")

@@ -331,3 +331,15 @@ def test_compile_cache_is_keyed_on_the_backend_sources(tmp_path):
     assert hits() == 0  # compiled and saved
     assert hits() == 1  # loaded: same sources
     assert hits("numba_math.sources_digest = lambda: 'edited'") == 0  # compiled again
+
+
+@pytest.mark.parametrize("prime", [[5], [-1], [10**8], [1.5], [1, 5]])
+def test_prime_ids_outside_the_vocabulary_are_an_error_on_both_paths(prime):
+    """The compiled loop indexes its tables with the prime ids unchecked: a bad id must
+    never reach it (it read outside the array, or crashed the process)."""
+    model = model_of()
+    V = model.config.vocab_size
+    prime = [V if t == 5 else t for t in prime]
+    for backend in ("numba", "torch"):
+        with pytest.raises(ValueError, match=r"prime token ids must be integers in \[0, "):
+            model.generate(prime, 3, backend=backend)

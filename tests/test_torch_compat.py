@@ -164,7 +164,8 @@ def test_mask_equals_lengths():
         (dict(lengths=[6, 0, 4, 1]), "lengths must be positive"),
         (dict(lengths=[6.0, 2.0, 4.0, 1.0]), "lengths must be integers"),
         (dict(lengths=[2, 6, 4, 1], enforce_sorted=True), "sorted in decreasing order"),
-        (dict(mask=torch.tensor([[1, 0, 1]] * 4).bool().t()), "prefix"),
+        (dict(mask=torch.tensor([[1, 0, 1, 1, 1, 1]] * 4).bool().t()), "prefix"),
+        (dict(mask=torch.ones(6, 3).bool()), r"mask must have the input's shape \(6, 4\)"),
         (dict(lengths=[6, 2, 4, 1], mask=torch.ones(6, 4).bool()), "not both"),
     ],
 )

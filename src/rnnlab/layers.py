@@ -109,12 +109,20 @@ def _check_positive_int(name: str, value) -> int:
 # -- lengths and reversal ---------------------------------------------------------------------
 
 
-def lengths_from_mask(mask: Tensor, time_dim: int) -> Tensor:
-    """Lengths from a boolean mask whose True entries form a prefix of each sequence."""
+def lengths_from_mask(mask: Tensor, time_dim: int, steps: int | None = None,
+                      batch: int | None = None) -> Tensor:  # fmt: skip
+    """Lengths from a boolean mask whose True entries form a prefix of each sequence;
+    with ``steps`` and ``batch``, the mask must match the input's (T, N)."""
     mask = torch.as_tensor(mask).bool()
     if mask.dim() != 2:
         raise ValueError(f"mask must be 2-D (time and batch); got shape {tuple(mask.shape)}")
     m = mask if time_dim == 0 else mask.t()
+    if steps is not None and tuple(m.shape) != (steps, batch):
+        want = (steps, batch) if time_dim == 0 else (batch, steps)
+        raise ValueError(
+            f"mask must have the input's shape {want} ({'time' if time_dim == 0 else 'batch'}"
+            f" first); got {tuple(mask.shape)}"
+        )
     lengths = m.sum(0)
     prefix = torch.arange(m.shape[0], device=m.device).unsqueeze(1) < lengths.to(m.device)
     if not torch.equal(prefix, m):
@@ -429,7 +437,8 @@ class _Stack(nn.Module):
         if mask is not None:
             if lengths is not None:
                 raise ValueError("give lengths or mask, not both")
-            lengths = lengths_from_mask(mask, 1 if (self.batch_first and not unbatched) else 0)
+            time_dim = 1 if (self.batch_first and not unbatched) else 0
+            lengths = lengths_from_mask(mask, time_dim, T, N)
         if lengths is not None:
             lengths = check_lengths(lengths, N, T, enforce_sorted)
             if int(lengths.min()) == T:
@@ -1011,7 +1020,8 @@ class JordanRNN(_Stack):
         elif teacher_mask is not None:
             raise ValueError("teacher_mask needs a teacher")
         if mask is not None:
-            lengths = lengths_from_mask(mask, 1 if (self.batch_first and not unbatched) else 0)
+            time_dim = 1 if (self.batch_first and not unbatched) else 0
+            lengths = lengths_from_mask(mask, time_dim, T, N)
         if lengths is not None:
             lengths = check_lengths(lengths, N, T)
             if int(lengths.min()) == T:

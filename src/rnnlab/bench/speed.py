@@ -88,12 +88,12 @@ VARIANTS = ("layer_norm", "peephole", "zoneout", "recurrent_dropout", "jordan")
 def parse_shapes(text: str | None) -> tuple[Shape, ...]:
     """``None`` -> all of :data:`SHAPES`; ``"1,3"`` -> those (1-based); ``"4x10x8x16x1"``
     -> a custom shape (batch x steps x input x hidden x layers).  Mixed lists are fine."""
-    if not text:
+    if text is None:
         return SHAPES
     shapes = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
-            continue
+            raise ValueError(f"--shapes has an empty entry: {text!r}")
         if "x" in part:
             values = part.split("x")
             if len(values) != 5 or not all(v.isdigit() and int(v) > 0 for v in values):

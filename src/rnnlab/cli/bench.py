@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
-from rnnlab.cli.common import positive_float, positive_int
+from rnnlab.cli.common import output_directory, positive_float, positive_int
 from rnnlab.errors import UserError
 
 HELP = "run a benchmark (rnnlab bench long-range --help, rnnlab bench speed --help)"
@@ -125,7 +124,7 @@ def run_speed(a) -> int:
         settings.check()
     except ValueError as exc:
         raise UserError(f"bench speed: {exc}") from None
-    out = Path(a.out)
+    out = output_directory(a.out)
     results = run_bench(settings, out, progress=not a.no_progress)
     print(markdown(results), end="")
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")
@@ -161,7 +160,7 @@ def run_long_range(a) -> int:
     torch.set_num_threads(a.threads)
     from rnnlab.bench.long_range import run_grid
 
-    out = Path(a.out)
+    out = output_directory(a.out)
     rows = run_grid(grid, out, progress=not a.no_progress)
     print(markdown_table(rows), end="")
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rnnlab.argtypes import (  # noqa: F401  (re-exported for the CLI modules)
     fraction,
@@ -12,6 +13,7 @@ from rnnlab.argtypes import (  # noqa: F401  (re-exported for the CLI modules)
     positive_float,
     positive_int,
 )
+from rnnlab.errors import UserError
 
 
 class Parser(argparse.ArgumentParser):
@@ -19,6 +21,17 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def output_directory(path: str | Path) -> Path:
+    """``path`` made (with its parents) before any work, so an unusable ``--out`` is a
+    one-line error at once rather than after a long run."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot use {path} as the output directory: {exc.strerror}") from None
+    return path
 
 
 def fail(message: str, code: int = 2):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from rnnlab.cells.elman import NONLINEARITIES
-from rnnlab.cli.common import positive_int
+from rnnlab.cli.common import output_directory, positive_int
 from rnnlab.data import Vocabulary, load_text, split_train_val
 from rnnlab.errors import UserError
 from rnnlab.models import CELLS, LanguageModel, ModelConfig
@@ -118,7 +118,7 @@ def run(a) -> int:
 def run_surface(a) -> int:
     from rnnlab.analysis.reports import surface_report
 
-    out = Path(a.out or "runs/diagnose/surface")
+    out = output_directory(a.out or "runs/diagnose/surface")
     report = surface_report(out)
     print(report.markdown())
     return 0
@@ -134,7 +134,7 @@ def run_report(a) -> int:
             f"'diagnose report' needs a report name: one of {', '.join(REPORTS)} or all; "
             f"got {given}"
         )
-    base = Path(a.out) if a.out else None
+    base = output_directory(a.out) if a.out else None
     for report in run_reports(names, base, seed=a.seed, progress=not a.no_progress):
         print(report.markdown())
         print()
@@ -214,7 +214,7 @@ def run_model(a) -> int:
     held_out = split_train_val(ids, val_fraction)[1] if val_fraction > 0 else ids
     source = held_out if len(held_out) > length else ids
     windows = sample_windows(source, a.batch, length, a.seed)
-    out = Path(a.out or "runs/diagnose/model")
+    out = output_directory(a.out or "runs/diagnose/model")
     start = time.perf_counter()
     d = diagnose(model, windows, out=out, title=title)
     seconds = time.perf_counter() - start

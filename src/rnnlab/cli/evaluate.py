@@ -8,6 +8,7 @@ import torch
 
 from rnnlab.cli.common import positive_int
 from rnnlab.data import load_text, split_train_val
+from rnnlab.data.batching import eval_streams
 from rnnlab.errors import UserError
 from rnnlab.training import evaluate
 from rnnlab.training.checkpoint import load_checkpoint
@@ -50,10 +51,16 @@ def run(a) -> int:
         ids = split_train_val(ids, config.data.val_fraction)[1]
     if len(ids) < 2:
         raise UserError(f"too little text to evaluate in {what}: {len(ids)} tokens")
-    streams = a.streams if a.streams is not None else config.data.val_streams
-    loss = evaluate(model, ids, streams, config.optim.seq_len)
+    asked = a.streams if a.streams is not None else config.data.val_streams
+    loss = evaluate(model, ids, asked, config.optim.seq_len)
+    streams = eval_streams(len(ids), asked, config.optim.seq_len)
     unit = "char" if vocab.kind == "char" else "word"
     plural = "" if streams == 1 else "s"
-    print(f"data: {what} ({len(ids):,} {unit}s, scored as {streams} stream{plural})")
+    fewer = (
+        ""
+        if streams == asked
+        else f", fewer than the {asked} asked for: one per {config.optim.seq_len} {unit}s"
+    )
+    print(f"data: {what} ({len(ids):,} {unit}s, scored as {streams} stream{plural}{fewer})")
     print(f"validation loss: {loss:.4f} nats/{unit} ({loss / math.log(2):.4f} bits/{unit})")
     return 0

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command].run(args)
     except UserError as exc:
         fail(str(exc))
+    except OSError as exc:  # a file or directory the user named that cannot be used
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"{where}{exc.strerror or exc}")
     except KeyboardInterrupt:
         print("rnnlab: interrupted", file=sys.stderr)
         return 130

@@ -39,7 +39,7 @@ FLAGS = [
         "--data",
         ("data", "path"),
         dict(metavar="FILE"),
-        "UTF-8 text file (default: Tiny Shakespeare)",
+        "UTF-8 text file",
     ),
     ("--tokens", ("data", "tokens"), dict(choices=KINDS), "token unit"),
     (
@@ -66,6 +66,12 @@ FLAGS = [
         ("model", "nonlinearity"),
         dict(choices=NONLINEARITIES),
         "activation of the rnn cell",
+    ),
+    (
+        "--hidden-recurrence",
+        ("model", "hidden_recurrence"),
+        dict(action=argparse.BooleanOptionalAction),
+        "jordan cell: also feed h_{t-1} back (hidden and output recurrence)",
     ),
     ("--hidden", ("model", "hidden_size"), dict(type=positive_int, metavar="N"), "units per layer"),
     (
@@ -96,8 +102,9 @@ FLAGS = [
         "--backend",
         ("model", "backend"),
         dict(choices=BACKENDS),
-        "auto: the fastest exact path (torch.nn's kernel for the LSTM on the CPU); fused: "
-        "hand-derived BPTT; torch: torch.nn's kernel; reference: autograd",
+        "auto: the fastest path for the cell and device (torch.nn's kernel for the plain "
+        "LSTM, numba elsewhere on the CPU); numba: compiled CPU steps; fused: "
+        "hand-derived BPTT in PyTorch; torch: torch.nn's kernel; reference: autograd",
     ),
     (
         "--dtype",
@@ -172,7 +179,7 @@ FLAGS = [
         "--max-time",
         ("optim", "max_time"),
         dict(type=positive_float, metavar="S"),
-        "stop after S seconds (300 unless --max-steps is given)",
+        "stop after S seconds (given --max-steps alone: no time limit)",
     ),
     (
         "--max-nonfinite",
@@ -315,6 +322,13 @@ def _default(group: str, name: str):
     raise KeyError(name)
 
 
+def _shown(group: str, name: str, default) -> str:
+    """A default as ``--help`` shows it."""
+    if (group, name) == ("data", "path") and default is None:
+        return "the bundled Tiny Shakespeare"
+    return str(default)
+
+
 def add_arguments(p) -> None:
     p.add_argument(
         "--config",
@@ -331,7 +345,7 @@ def add_arguments(p) -> None:
     groups = {g: p.add_argument_group(t) for g, t in GROUP_TITLES.items()}
     for flag, (group, name), options, text in FLAGS:
         default = _default(group, name)
-        shown = "" if options.get("action") else f" (default: {default})"
+        shown = "" if options.get("action") else f" (default: {_shown(group, name, default)})"
         groups[group].add_argument(
             flag,
             dest=f"{group}.{name}",
@@ -402,7 +416,7 @@ def run(a) -> int:
     print(f"checkpoints: {result.out / 'best'} and {result.out / 'last'}")
     if result.interrupted:
         return 130
-    if result.steps:
+    if result.steps and config.output.sample_length > 0:
         model, vocab, _, _ = load_checkpoint(result.out / "best")
         print(f"--- sample from {result.out / 'best'} ---")
         print(

@@ -57,6 +57,12 @@ class StreamBatches:
         return self.inputs[:, s], self.targets[:, s]
 
 
+def eval_streams(tokens: int, batch_size: int, seq_len: int) -> int:
+    """How many streams :func:`eval_chunks` cuts ``tokens`` tokens into: ``batch_size``,
+    or one per ``seq_len`` tokens of a shorter text, at least one."""
+    return max(1, min(batch_size, (tokens - 1) // seq_len))
+
+
 def eval_chunks(ids: Tensor, batch_size: int, seq_len: int):
     """Chunks covering (nearly) every token once, for evaluation; the last may be short.
 
@@ -65,7 +71,7 @@ def eval_chunks(ids: Tensor, batch_size: int, seq_len: int):
     """
     if len(ids) < 2:
         raise ValueError("evaluation needs at least 2 tokens")
-    streams = max(1, min(batch_size, (len(ids) - 1) // seq_len))
+    streams = eval_streams(len(ids), batch_size, seq_len)
     length = (len(ids) - 1) // streams
     n = streams * length
     inputs, targets = ids[:n].view(streams, -1), ids[1 : n + 1].view(streams, -1)

@@ -352,6 +352,7 @@ def train_model(
     log=print,
     loss_fn: Callable | None = None,
     average: float = 0.0,
+    loss_unit: str = "sequence",
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Train ``model`` on ``train`` through the engine, validating on ``val``; return the
     best checkpoint (lowest validation loss; the last weights without ``val``), reloaded
@@ -361,7 +362,8 @@ def train_model(
 
     ``spec`` (model config and whatever else rebuilds and feeds the model: normalisation,
     vocabulary, class names) is saved in every checkpoint; ``build(spec)`` rebuilds it.
-    ``loss_fn(model, batch)`` defaults to ``model.loss(batch.x, batch.y, batch.lengths)``."""
+    ``loss_fn(model, batch)`` defaults to ``model.loss(batch.x, batch.y, batch.lengths)``;
+    ``loss_unit`` is what it averages over, for the log lines (nats per ...)."""
     task_args = (
         train,
         val,
@@ -372,9 +374,9 @@ def train_model(
     )
     if average:
         start = round((1 - average) * config.optim.max_steps)
-        task = AveragingTask(model, start, *task_args, seed=config.output.seed)
+        task = AveragingTask(model, start, *task_args, seed=config.output.seed, loss_unit=loss_unit)
     else:
-        task = SupervisedTask(*task_args, seed=config.output.seed)
+        task = SupervisedTask(*task_args, seed=config.output.seed, loss_unit=loss_unit)
 
     def checkpointer(directory, training_state, **info):
         save_model(directory, model, kind, spec, training_state, **info)

@@ -201,6 +201,7 @@ def tag_seed(args, seed: int, bidirectional: bool, data) -> dict:
         val,
         tagging_metrics,
         train_config(args, seed, out, example),
+        loss_unit="character",  # the tagger's loss is a mean over the characters
     )
     test_m = tagging_metrics(best, test)
     return {

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -192,15 +193,20 @@ class LanguageModel(nn.Module):
         row of Exp(1) per token; the token is argmax p_v / q_v, which is how
         ``torch.multinomial(p, 1)`` samples, so the plain path keeps its samples.
         """
-        if not prime:
+        if isinstance(prime, torch.Tensor):
+            prime = prime.flatten().tolist()
+        if len(prime) == 0:
             raise ValueError("prime must hold at least one token")
+        V = self.config.vocab_size
+        bad = [t for t in prime if not isinstance(t, (int, np.integer)) or not 0 <= t < V]
+        if bad:  # the compiled loop indexes its tables with these ids unchecked
+            raise ValueError(f"prime token ids must be integers in [0, {V}); got {bad[0]!r}")
         if length < 0:
             raise ValueError(f"length must be >= 0; got {length}")
         if not greedy and temperature <= 0:
             raise ValueError(f"temperature must be positive; got {temperature}")
         choice = choose_generate_backend(self, backend)  # ValueError for a bad name
         device = self.rnn.weight_ih_l0.device
-        V = self.config.vocab_size
         noise = None if greedy else race_noise(length, V, generator, device)
         if choice.name == "numba":
             from rnnlab.backends import numba_generate

@@ -93,11 +93,9 @@ def init_from_environment() -> Distributed:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or (dist.is_available() and dist.is_initialized()):
         return current()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # gloo: the command-line engine keeps its models on the CPU, where NCCL cannot reduce
     timeout = timedelta(seconds=float(os.environ.get("RNNLAB_DIST_TIMEOUT", "120")))
-    dist.init_process_group(backend=backend, timeout=timeout)
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="gloo", timeout=timeout)
     return current()
 
 

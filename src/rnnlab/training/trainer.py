@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -142,8 +142,9 @@ def describe(config: TrainConfig) -> str:
 class MetricsLog:
     """metrics.jsonl in the run directory, and TensorBoard scalars when it is installed."""
 
-    def __init__(self, out: Path, tensorboard: bool):
-        self.file = open(out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+    def __init__(self, out: Path, tensorboard: bool, append: bool = True):
+        """``append``: continue the file (a resumed run); else start it afresh."""
+        self.file = open(out / "metrics.jsonl", "a" if append else "w", encoding="utf-8")  # noqa: SIM115
         self.writer = None
         if tensorboard:
             try:
@@ -224,6 +225,7 @@ class Trainer:
         self.schedule = LRSchedule(config.schedule, config.optim.lr)
         self.probe = self._make_probe()
         self.step = 0
+        self.resumed = False  # set by load_training_state
         self.train_seconds = 0.0  # time in updates only
         self.elapsed = 0.0  # wall time of the run, validations included
         self.best = self.last_val = self.last_train = None
@@ -278,6 +280,7 @@ class Trainer:
         return tensors, meta
 
     def load_training_state(self, tensors: dict, meta: dict) -> None:
+        self.resumed = True
         restore_optimizer(self.optimizer, tensors, meta["optimizer"])
         task_tensors = {k[5:]: v for k, v in tensors.items() if k.startswith("task.")}
         self.task.load_state_dict(task_tensors, meta["task"])
@@ -478,10 +481,22 @@ class Trainer:
     def run(self) -> TrainResult:
         c, o = self.config, self.config.optim
         main = self.dist.is_main
+        fresh = self.step == 0 and not self.resumed
         if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(c.to_json(), indent=2) + "\n")
-        self.metrics = MetricsLog(self.out, c.output.tensorboard) if main else NullLog()
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                if fresh and (self.out / "config.json").exists():
+                    self.log(
+                        f"{self.out} holds an earlier run: its checkpoints and metrics are replaced"
+                    )
+                (self.out / "config.json").write_text(json.dumps(c.to_json(), indent=2) + "\n")
+            except OSError as exc:
+                raise UserError(
+                    f"cannot write the run directory {self.out}: {exc.strerror}"
+                ) from None
+        self.metrics = (
+            MetricsLog(self.out, c.output.tensorboard, append=not fresh) if main else NullLog()
+        )
         bar = tqdm(
             total=o.max_steps if o.max_steps is not None else round(o.max_time),
             initial=self.step if o.max_steps is not None else round(self.elapsed),
@@ -607,8 +622,15 @@ def train(
     """
     vocab, train_ids, val_ids = prepare_data(config, text)
     config = replace(config, model=replace(config.model, vocab_size=len(vocab)))
+    if config.data.path is not None:  # so the run's config.json works from any directory
+        config = replace(
+            config, data=replace(config.data, path=str(Path(config.data.path).resolve()))
+        )
     torch.manual_seed(config.output.seed)
-    model = LanguageModel(config.model)
+    try:
+        model = LanguageModel(config.model)
+    except ValueError as exc:  # a combination the layers refuse, e.g. a backend and a cell
+        raise UserError(str(exc)) from None
     task = StreamTask(
         train_ids,
         val_ids,
@@ -626,11 +648,30 @@ def train(
     trainer = Trainer(model, task, config, checkpointer, log, handle_signals)
     if resume is not None:
         tensors, meta = load_training_state(resume)
-        saved_model, saved_vocab, _, _ = load_checkpoint(resolve_last(resume))
+        saved_model, saved_vocab, saved_config, _ = load_checkpoint(resolve_last(resume))
         if saved_vocab != vocab:
             raise UserError(f"the training text differs from the one {resume} was trained on")
-        model.load_state_dict(saved_model.state_dict())
-        trainer.load_training_state(tensors, meta)
+        try:
+            model.load_state_dict(saved_model.state_dict())
+        except RuntimeError:
+            changed = [
+                f"{name} {getattr(saved_config.model, name)!r} -> {getattr(config.model, name)!r}"
+                for name in (f.name for f in fields(config.model))
+                if getattr(saved_config.model, name) != getattr(config.model, name)
+            ]
+            raise UserError(
+                f"cannot resume {resume} with another model shape ({'; '.join(changed)}); "
+                "start a new run with --out instead"
+            ) from None
+        try:
+            trainer.load_training_state(tensors, meta)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, UserError):
+                raise
+            raise UserError(
+                f"cannot resume {resume}: its training state is damaged or from another "
+                f"version ({type(exc).__name__}: {exc})"
+            ) from None
         trainer.log(f"resuming {resume} at step {trainer.step}")
     else:
         n_params = sum(p.numel() for p in model.parameters())
