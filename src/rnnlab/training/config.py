@@ -10,8 +10,14 @@ the field names below; command-line flags override the file.  A bare name such a
 
 from __future__ import annotations
 
+import datetime
+import math
+import numbers
 import sys
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -201,14 +207,182 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
-        """Build from nested dicts (missing groups or keys take their defaults)."""
-        return cls(**{g: GROUPS[g](**data[g]) for g in GROUPS if g in data})
+        """Build from nested dicts (missing groups or keys take their defaults; other keys at
+        the top are ignored).  Every problem, unknown names and wrong types included, is a
+        :class:`UserError`."""
+        if not isinstance(data, dict):
+            raise UserError(
+                f"invalid configuration: expected a table of settings; got {_describe(data)}"
+            )
+        present = {g: data[g] for g in GROUPS if g in data}
+        check_names(present, "the saved configuration")
+        try:
+            return cls(**{g: GROUPS[g](**check_types(g, v)) for g, v in present.items()})
+        except (TypeError, ValueError) as exc:
+            raise _invalid(exc) from None
 
     def updated(self, changes: dict[str, dict]) -> TrainConfig:
-        """A copy with ``{group: {field: value}}`` applied (unknown names: UserError)."""
+        """A copy with ``{group: {field: value}}`` applied.  Unknown names, values of the
+        wrong type (checked against the annotations; ints are taken for floats) and values
+        out of range raise :class:`UserError`."""
         check_names(changes, "the changes")
-        groups = {g: replace(getattr(self, g), **v) for g, v in changes.items() if v}
-        return replace(self, **groups)
+        try:
+            groups = {
+                g: replace(getattr(self, g), **check_types(g, v)) for g, v in changes.items() if v
+            }
+            return replace(self, **groups)
+        except (TypeError, ValueError) as exc:
+            raise _invalid(exc) from None
+
+
+def _invalid(exc: Exception) -> UserError:
+    """``exc`` as a one-line :class:`UserError` (a UserError is returned as it is)."""
+    if isinstance(exc, UserError):
+        return exc
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return UserError(f"invalid configuration: {first}")
+
+
+# How a value's type is named in messages: TOML's names (JSON's null as "none").
+_TYPE_NAMES = [
+    (bool, "boolean"),
+    (numbers.Integral, "integer"),
+    (numbers.Real, "float"),
+    (str, "string"),
+    (dict, "table"),
+    ((list, tuple), "array"),
+    (datetime.datetime, "datetime"),
+    (datetime.date, "date"),
+    (datetime.time, "time"),
+    (type(None), "none"),
+]
+
+
+def _describe(value) -> str:
+    """``8.7 (float)``, ``'big' (string)``: the value (shortened) and its type's name."""
+    kind = next((n for t, n in _TYPE_NAMES if isinstance(value, t)), type(value).__name__)
+    if isinstance(value, bool):
+        shown = "true" if value else "false"
+    elif value is None:
+        return "none"
+    elif isinstance(value, (datetime.date, datetime.time)):
+        shown = value.isoformat()
+    else:
+        try:
+            shown = repr(value)
+        except ValueError:  # an integer with too many digits to print
+            shown = "a huge number"
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+    return f"{shown} ({kind})"
+
+
+@cache
+def _field_types(cls: type) -> dict[str, object]:
+    """The resolved annotation of each field of a dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, object) for f in fields(cls)}
+
+
+def _expected(hint) -> str:
+    """The type ``hint`` in words, for messages."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        words = [_expected(a) for a in args if a is not type(None)]
+        if type(None) in args:
+            words.append("none")
+        return " or ".join(words)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        return "an array"
+    return {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        type(None): "none",
+    }.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+class _WrongType(Exception):
+    pass
+
+
+def _convert(hint, value):
+    """``value`` as the type ``hint`` (ints become floats, arrays tuples) or _WrongType."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in args:
+            if option is not type(None):
+                try:
+                    return _convert(option, value)
+                except _WrongType:
+                    pass
+        raise _WrongType
+    if origin is typing.Literal:
+        if any(type(value) is type(a) and value == a for a in args):
+            return value
+        raise _WrongType
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _WrongType
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v) for v in value)
+        if not args:  # a bare ``tuple``
+            return tuple(value)
+        if len(args) != len(value):
+            raise _WrongType
+        return tuple(_convert(a, v) for a, v in zip(args, value, strict=True))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _WrongType
+    if hint is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        raise _WrongType
+    if hint is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            try:
+                value = float(value)
+            except OverflowError:  # an integer too large for a float
+                raise _WrongType from None
+            if math.isnan(value):
+                raise _WrongType
+            return value
+        raise _WrongType
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _WrongType
+    if hint is type(None):
+        if value is None:
+            return None
+        raise _WrongType
+    return value  # an annotation not checked here (Any, object, ...)
+
+
+def check_types(group: str, values: dict) -> dict:
+    """``values`` of ``[group]`` checked against its dataclass's annotations and converted
+    (an int given for a float becomes a float); a wrong type is a :class:`UserError` that
+    names the group, the key, the type expected and the value given."""
+    hints = _field_types(GROUPS[group])
+    checked = {}
+    for key, value in values.items():
+        hint = hints.get(key, object)
+        try:
+            checked[key] = _convert(hint, value)
+        except _WrongType:
+            if isinstance(value, float) and math.isnan(value):
+                expected = f"{_expected(hint)}, not nan"
+            else:
+                expected = f"{_expected(hint)}; got {_describe(value)}"
+            raise UserError(f"invalid configuration: [{group}] {key} must be {expected}") from None
+    return checked
 
 
 def check_names(data: dict, where: str) -> None:
@@ -245,8 +419,14 @@ def read_config_file(spec: str) -> dict[str, dict]:
             f"config file not found: {spec} (presets: {', '.join(preset_names()) or 'none'})"
         )
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"cannot parse config file {path}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except ValueError as exc:  # TOMLDecodeError, or an integer with too many digits
         raise UserError(f"cannot parse config file {path}: {exc}") from None
     check_names(data, str(path))
     return data
@@ -261,7 +441,5 @@ def load_config(spec: str | None = None, overrides: dict[str, dict] | None = Non
         if overrides:
             config = config.updated(overrides)
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, UserError):
-            raise
-        raise UserError(f"invalid configuration: {exc}") from None
+        raise _invalid(exc) from None
     return config
