@@ -405,7 +405,7 @@ def test_plots_work_headless_without_pyplot(tmp_path):
 
 
 def test_reports_run_small(tmp_path):
-    small = dict(progress=False, hidden=6, batch=4, updates=3, train_length=6)
+    small = dict(progress=False, hidden=6, batch=4, updates=3, train_length=6, seeds=2)
     r = reports.vanishing(tmp_path / "v", lengths=(4, 8), cells=("Elman tanh", "GRU"), **small)
     assert "Elman tanh" in r.markdown() and "T = 8" in r.markdown()
     r = reports.exploding(tmp_path / "e", radii=(0.9, 1.5), lengths=(8,), surface=False, **small)
@@ -420,6 +420,48 @@ def test_reports_run_small(tmp_path):
         for f in data["files"]:
             if f.endswith(".png"):
                 check_png(tmp_path / name / f.split("/")[-1])
+        # Every trained configuration: both seeds' runs, in order, and what they agree on.
+        assert data["data"]["seeds"] == [0, 1] and data["data"]["backend"] == "fused"
+        trained = data["data"]["training"]
+        assert trained
+        for config in trained.values():
+            assert [run["seed"] for run in config["runs"]] == [0, 1]
+            accuracies = [run["accuracy"] for run in config["runs"]]
+            assert config["accuracies"] == accuracies
+            learnt = sum(a >= reports.LEARNT for a in accuracies)
+            assert config["learnt"] == f"{learnt}/2"
+            assert config["median"]["accuracy"] == pytest.approx(sum(accuracies) / 2)
+            assert all(len(run["losses"]) == 3 for run in config["runs"])
+        rows = data["tables"][-1]["rows"]  # the trained runs (no surface here)
+        for row in rows:
+            assert row["learnt"].endswith("/2") and row["accuracy per seed"].count(" / ") == 1
+    # The two seeds are two different runs (own weights and batches), not copies.
+    tanh = json.loads((tmp_path / "v" / "report.json").read_text())["data"]["training"]
+    first, second = tanh["Elman tanh"]["runs"]
+    assert first["losses"] != second["losses"]
+
+
+def test_reports_pin_the_backend_and_check_the_seed_count(tmp_path):
+    from rnnlab.analysis.tasks import BACKEND, make_recaller
+
+    assert BACKEND == "fused"
+    for cell in ("Elman tanh", "LSTM", "GRU"):
+        assert make_recaller(cell, 4).rnn.backend == "fused"
+    assert make_recaller("GRU", 4, backend="reference").rnn.backend == "reference"
+    assert reports.seed_list(5, 3) == [5, 6, 7]
+    for bad in (0, -1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="seeds must be a positive integer"):
+            reports.seed_list(0, bad)
+    with pytest.raises(ValueError, match="seeds"):  # before any report runs
+        next(reports.run_reports(["vanishing"], tmp_path, seeds=0))
+    assert not any(tmp_path.iterdir())
+
+
+def test_report_medians_of_ratios_are_taken_on_a_log_scale():
+    assert reports._median([1e-30, 1.0]) == pytest.approx(0.5)
+    assert reports._median([1e-30, 1.0], log=True) == pytest.approx(1e-15)
+    assert reports._median([0.0, 1e-3, 1.0], log=True) == pytest.approx(1e-3)
+    assert math.isnan(reports._median([float("nan")]))
 
 
 # -- the command -------------------------------------------------------------------------------

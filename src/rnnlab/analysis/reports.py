@@ -1,7 +1,8 @@
 """The experiments behind the seeds' claims about gradients, each a reproducible function.
 
 ``rnnlab diagnose report NAME`` runs one and prints its tables; each writes its plots,
-``report.json`` (every number) and ``report.md`` (the tables) under its output directory.
+``report.json`` (every number, every training run) and ``report.md`` (the tables) under
+its output directory.
 
 * :func:`vanishing` -- Elman (tanh, sigmoid, ReLU), LSTM and GRU: the gradient ratio
   ||dE/dh_0|| / ||dE/dh_T|| at T = 10, 50, 100, 200, and the gradient norm through time
@@ -12,9 +13,21 @@
 * :func:`regulariser` -- the Pascanu et al. (2013) regulariser and the gradient-norm curve.
 * :func:`surface_report` -- the one-unit error surface with and without clipping.
 
-Every function is seeded (same seed, same numbers on the same machine and torch build)
-and takes its sizes as keyword arguments; the defaults are the documented runs (about
-one to three minutes each on two CPU cores).
+Two things make the numbers reproducible and their conclusions robust:
+
+* every layer runs on the pinned backend :data:`~rnnlab.analysis.tasks.BACKEND`
+  (``"fused"``, plain PyTorch), not ``"auto"``, whose choice of compiled kernel depends on
+  what is installed and has changed between versions;
+* float32 training on the recall task is chaotic: a last-bit difference can decide whether
+  a run learns.  So every trained configuration is trained from ``seeds`` seeds
+  (``seed``, ``seed + 1``, ...; each seeds both the initial weights and the training
+  batches) and the tables give the median over seeds, the accuracy of every seed and how
+  many seeds learnt the task (accuracy >= :data:`LEARNT`).  Tables at initialisation use
+  ``seed`` alone.  The plots draw the first seed's curve thick, the others thin in the
+  same colour.
+
+Every function takes its sizes as keyword arguments; the defaults are the documented runs
+(half a minute to two minutes each on two CPU cores).
 """
 
 from __future__ import annotations
@@ -36,7 +49,14 @@ from rnnlab.analysis.gradients import GradientFlow, gradient_heatmap, gradient_n
 from rnnlab.analysis.jacobians import jacobian_products
 from rnnlab.analysis.spectra import power_method, recurrent_spectra
 from rnnlab.analysis.surface import error_surface, gradient_descent
-from rnnlab.analysis.tasks import CELLS, History, make_recaller, recall_batch, train_recall
+from rnnlab.analysis.tasks import (
+    BACKEND,
+    CELLS,
+    History,
+    make_recaller,
+    recall_batch,
+    train_recall,
+)
 from rnnlab.init import Init
 
 
@@ -131,6 +151,124 @@ def _radius(model) -> float:
     return max(s.radius for s in recurrent_spectra(model))
 
 
+# -- several seeds ------------------------------------------------------------------------------
+
+SEEDS = 3  # training runs per configuration: 3 keep `report all` near three minutes
+LEARNT = 0.9  # accuracy on a fresh batch from which a run counts as having learnt the task
+MEASURE_SEED = 10_000  # offset of the seed of the batch that gradients are measured on
+
+
+def seed_list(seed: int, seeds: int) -> list[int]:
+    """The seeds of the training runs: ``seed``, ``seed + 1``, ..., ``seeds`` of them."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive integer; got {seeds!r}")
+    return list(range(seed, seed + seeds))
+
+
+def _median(values: Iterable[float], log: bool = False) -> float:
+    """Median of the finite values (``log``: of their logarithms, for ratios spanning
+    many orders of magnitude, where an even count would otherwise average 1e-30 and 1)."""
+    x = np.asarray(list(values), dtype=float)
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return math.nan
+    if not log:
+        return float(np.median(x))
+    with np.errstate(divide="ignore"):
+        return float(np.exp(np.median(np.log(np.abs(x)))))
+
+
+def _per_seed(accuracies: list[float]) -> str:
+    """Every seed's accuracy, in seed order: "100 / 89 / 25%"."""
+    return " / ".join(f"{a * 100:.0f}" for a in accuracies) + "%"
+
+
+def _per_seed_rates(rates: Iterable[float]) -> str:
+    """Every seed's log-rate, in seed order: "+0.004 / -2.235 / +0.027"."""
+    return " / ".join(_rate(r) for r in rates)
+
+
+def _learnt(accuracies: list[float]) -> str:
+    """How many seeds learnt the task: "2/3"."""
+    return f"{sum(a >= LEARNT for a in accuracies)}/{len(accuracies)}"
+
+
+def _seeds_caption(seeds: list[int]) -> str:
+    first = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+    return (
+        f"{len(seeds)} training runs per row ({first}, each its own initial weights and "
+        f"batches; backend {BACKEND!r}); a 'per seed' column lists every run in seed "
+        f"order, any other number is the median over the runs; accuracy on a fresh batch "
+        f"of 512, and 'learnt' counts the runs with accuracy ≥ {LEARNT:.0%}"
+    )
+
+
+def _seed_panels(panels: dict[str, dict[str, list]]) -> tuple[dict, dict[str, str]]:
+    """Panels of curves with one entry per seed turned into the plot functions' form: the
+    first seed under its label, the others under hidden labels ("_...": no legend entry),
+    after all first seeds so the labelled lines take the colours in order. Also returns
+    hidden label -> its label, for :func:`_recolour`."""
+    flat, owner = {}, {}
+    for panel, curves in panels.items():
+        d = {label: runs[0] for label, runs in curves.items()}
+        for label, runs in curves.items():
+            for i, run in enumerate(runs[1:], 1):
+                hidden = f"_{label} #{i}"
+                d[hidden] = run
+                owner[hidden] = label
+        flat[panel] = d
+    return flat, owner
+
+
+def _recolour(fig, owner: dict[str, str]) -> None:
+    """Draw every further seed's line thin in the colour of its first seed's line."""
+    for ax in fig.axes:
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        for label in set(owner.values()) & set(lines):
+            lines[label].set_linewidth(max(lines[label].get_linewidth(), 1.6))
+        for hidden, label in owner.items():
+            if hidden in lines and label in lines:
+                lines[hidden].set(color=lines[label].get_color(), lw=0.8, alpha=0.55)
+                lines[hidden].set_zorder(lines[label].get_zorder() - 0.5)
+
+
+def _pad_log_axes(fig) -> None:
+    """Leave 4% of the decades free above and below on log axes, so a line that ends at
+    the bottom (its gradient underflowed to exactly 0) visibly ends inside the plot."""
+    for ax in fig.axes:
+        if ax.get_yscale() != "log" or ax.get_label() == "<colorbar>":
+            continue
+        lo, hi = ax.get_ylim()
+        pad = 0.04 * math.log10(hi / lo)
+        ax.set_ylim(max(lo / 10**pad, 1e-300), hi * 10**pad)
+
+
+def _plot_seed_flows(panels: dict[str, dict[str, list]], path: Path, title: str) -> None:
+    """:func:`plots.plot_gradient_norms` with every seed: thick first seed, thin others."""
+    flat, owner = _seed_panels(panels)
+    fig = plots.plot_gradient_norms(flat, path, title)
+    _recolour(fig, owner)
+    _pad_log_axes(fig)
+    # Each further title line takes height from the axes; give it back, so the long
+    # y label still fits beside them.
+    fig.set_figheight(fig.get_figheight() + 0.25 * title.count("\n"))
+    fig.savefig(path, dpi=plots.DPI)
+
+
+def _plot_seed_curves(panels: dict[str, dict[str, list]], path: Path, title: str, **kw) -> None:
+    """:func:`plots.plot_training_curves` with every seed: thick first seed, thin others."""
+    flat, owner = _seed_panels(panels)
+    fig = plots.plot_training_curves(flat, path, title, **kw)
+    _recolour(fig, owner)
+    fig.savefig(path, dpi=plots.DPI)
+
+
+def _seeds_note(seeds: list[int]) -> str:
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"thick: seed {seeds[0]}, thin: seeds {seeds[1]}-{seeds[-1]}"
+
+
 # -- 1. vanishing -------------------------------------------------------------------------------
 
 
@@ -144,13 +282,15 @@ def vanishing(
     updates: int = 400,
     lr: float = 1e-2,
     cells: Iterable[str] = tuple(CELLS),
+    seeds: int = SEEDS,
     progress: bool = True,
 ) -> Report:
     """Elman vs LSTM vs GRU on the recall task: gradient ratios at several lengths at
-    initialisation, then the gradient norm through time before and after training."""
+    initialisation (``seed``), then the gradient norm through time before and after
+    training, each cell trained from ``seeds`` seeds."""
     start = time.perf_counter()
     out = Path(out)
-    lengths, cells = list(lengths), list(cells)
+    lengths, cells, runs_seeds = list(lengths), list(cells), seed_list(seed, seeds)
     report = Report("vanishing", "Vanishing gradients: Elman vs LSTM vs GRU")
     init_rows = []
     for cell in cells:
@@ -170,81 +310,150 @@ def vanishing(
             init_rows,
         )
     )
-    before, after, trained_rows, models = {}, {}, [], {}
-    bar = _bar(updates * len(cells), "vanishing: training", progress)
+    measure = seed + MEASURE_SEED
+    training: dict[str, dict] = {}
+    bar = _bar(updates * len(cells) * len(runs_seeds), "vanishing: training", progress)
     for cell in cells:
-        model = make_recaller(cell, hidden, seed)
-        before[cell] = _flow(model, train_length, batch, seed + 1)
-        radius0 = _radius(model)
-        eig0 = recurrent_spectra(model)[0]
-        history = train_recall(
-            model, train_length, updates, lr=lr, clip=1.0, seed=seed, progress=bar
-        )
-        after[cell] = _flow(model, train_length, batch, seed + 1)
-        long = _flow(model, 100, batch, seed + 1)
-        models[cell] = (model, eig0)
-        trained_rows.append(
+        runs = []
+        for s in runs_seeds:
+            model = make_recaller(cell, hidden, s)
+            before = _flow(model, train_length, batch, measure)
+            radius0, eig0 = _radius(model), recurrent_spectra(model)[0]
+            h = train_recall(model, train_length, updates, lr=lr, clip=1.0, seed=s, progress=bar)
+            runs.append(
+                {
+                    "seed": s,
+                    "before": before,
+                    "after": _flow(model, train_length, batch, measure),
+                    "after_T100": _flow(model, 100, batch, measure),
+                    "losses": h.losses,
+                    "final_loss": h.final_loss,
+                    "accuracy": h.accuracy,
+                    "radius_init": radius0,
+                    "radius_trained": _radius(model),
+                    "_spectra": (eig0, recurrent_spectra(model)[0]),  # for the plots
+                    "_model": model,
+                }
+            )
+        training[cell] = _summary(runs)
+    bar.close()
+    rows = []
+    for cell, t in training.items():
+        m = t["median"]
+        rows.append(
             {
                 "cell": cell,
-                "loss after (nats)": f"{history.final_loss:.3f}",
-                "accuracy": f"{history.accuracy:.0%}",
-                "log-rate at init": _rate(before[cell].log_rate["l0"]),
-                "log-rate trained": _rate(after[cell].log_rate["l0"]),
-                f"ratio at init (T = {train_length})": _sci(before[cell].ratio["l0"]),
-                f"ratio trained (T = {train_length})": _sci(after[cell].ratio["l0"]),
-                "ratio trained (T = 100)": _sci(long.ratio["l0"]),
-                "spectral radius init → trained": f"{radius0:.2f} → {_radius(model):.2f}",
+                "learnt": t["learnt"],
+                "accuracy per seed": _per_seed(t["accuracies"]),
+                "loss after (nats)": f"{m['final_loss']:.3f}",
+                "log-rate at init": _rate(m["log_rate_init"]),
+                "log-rate trained per seed": _per_seed_rates(
+                    r["after"].log_rate["l0"] for r in t["runs"]
+                ),
+                f"ratio at init (T = {train_length})": _sci(m["ratio_init"]),
+                f"ratio trained (T = {train_length})": _sci(m["ratio_trained"]),
+                "ratio trained (T = 100)": _sci(m["ratio_trained_T100"]),
+                "spectral radius init → trained": (
+                    f"{m['radius_init']:.2f} → {m['radius_trained']:.2f}"
+                ),
             }
         )
-        report.data.setdefault("training", {})[cell] = {
-            "before": before[cell],
-            "after": after[cell],
-            "after_T100": long,
-            "losses": history.losses,
-            "accuracy": history.accuracy,
-        }
-    bar.close()
     report.tables.append(
         (
             f"Before and after {updates} Adam updates (lr {lr}, clip 1) on the recall task at "
             f"T = {train_length} (chance: ln 4 = 1.386 nats, 25%); log-rate = slope of "
-            f"ln‖dE/dh_k‖ per step back in time; spectral radius = largest over gate blocks:",
-            trained_rows,
+            f"ln‖dE/dh_k‖ per step back in time; spectral radius = largest over gate blocks; "
+            f"{_seeds_caption(runs_seeds)}:",
+            rows,
         )
     )
+    report.data["seeds"] = runs_seeds
+    report.data["backend"] = BACKEND
+    report.data["training"] = {cell: _without_models(t) for cell, t in training.items()}
     f = report.files
-    recalled = {
-        f"{cell} ({report.data['training'][cell]['accuracy']:.0%} recalled)": flow
-        for cell, flow in after.items()
+    panels = {
+        "at initialisation": {
+            cell: [r["before"] for r in t["runs"]] for cell, t in training.items()
+        },
+        f"after {updates} updates on the task": {
+            f"{cell} ({t['learnt']} learnt)": [r["after"] for r in t["runs"]]
+            for cell, t in training.items()
+        },
     }
-    panels = {"at initialisation": before, f"after {updates} updates on the task": recalled}
     f.append(out / "gradient_flow.png")
-    plots.plot_gradient_norms(
+    _plot_seed_flows(
         panels,
         f[-1],
-        f"Gradient norm through time, recall task, T = {train_length}, loss at the last step",
+        f"Gradient norm through time, recall task, T = {train_length}, loss at the last step\n"
+        f"{len(runs_seeds)} seeds per cell ({_seeds_note(runs_seeds)})",
     )
     f.append(out / "activations.png")
     plots.plot_activation_derivatives(f[-1])
+    x, y = recall_batch(batch, train_length, torch.Generator().manual_seed(measure))
     for cell in ("Elman tanh", "LSTM (forget bias 3)"):
-        if cell not in models:
+        if cell not in training:
             continue
-        model, eig0 = models[cell]
+        first = training[cell]["runs"][0]
+        model = first["_model"]
         slug = cell.lower().replace(" ", "_").replace("(", "").replace(")", "")
-        x, y = recall_batch(batch, train_length, torch.Generator().manual_seed(seed + 1))
         heat = gradient_heatmap(model.rnn, x, readout=model.readout(y))["l0"]
         f.append(out / f"heatmap_{slug}.png")
-        plots.plot_heatmap(heat, f[-1], f"{cell} after training: ‖∂E_t/∂h_k‖")
+        plots.plot_heatmap(
+            heat,
+            f[-1],
+            f"{cell} after training (seed {first['seed']}, {first['accuracy']:.0%} recalled): "
+            f"‖∂E_t/∂h_k‖",
+        )
         if cell.startswith("Elman"):
+            spectra = {f"before training (seed {first['seed']})": first["_spectra"][0]}
+            for r in training[cell]["runs"]:
+                label = f"trained, seed {r['seed']} ({r['accuracy']:.0%})"
+                spectra[label] = r["_spectra"][1]
             f.append(out / f"eigenvalues_{slug}.png")
             plots.plot_eigenvalues(
-                {"before training": eig0, "after training": recurrent_spectra(model)[0]},
-                f[-1],
-                f"{cell}: eigenvalues of W_hh before and after training",
+                spectra, f[-1], f"{cell}: eigenvalues of W_hh\nbefore and after training"
             )
     report.seconds = time.perf_counter() - start
     report.save(out)
     return report
+
+
+def _summary(runs: list[dict]) -> dict:
+    """The runs of one configuration with their accuracies, how many learnt the task and
+    the medians of every measured number (log-rates and ratios of the gradient flows)."""
+    accuracies = [r["accuracy"] for r in runs]
+    median = {
+        key: _median([r[key] for r in runs])
+        for key in runs[0]
+        if isinstance(runs[0][key], float | int) and key != "seed"
+    }
+    flows = {
+        "before": "init",
+        "after": "trained",
+        "after_T100": "trained_T100",
+        "flow": "",
+        "short": "short",
+    }
+    for key, suffix in flows.items():
+        if key in runs[0]:
+            tail = f"_{suffix}" if suffix else ""
+            median[f"log_rate{tail}"] = _median(r[key].log_rate["l0"] for r in runs)
+            median[f"ratio{tail}"] = _median((r[key].ratio["l0"] for r in runs), log=True)
+            median[f"vanished{tail}"] = _median(r[key].fraction_vanished["l0"] for r in runs)
+    return {
+        "seeds": [r["seed"] for r in runs],
+        "accuracies": accuracies,
+        "learnt": _learnt(accuracies),
+        "median": median,
+        "runs": runs,
+    }
+
+
+def _without_models(summary: dict) -> dict:
+    """A :func:`_summary` for report.json: every run without the objects kept for the
+    plots (keys starting with "_": the trained model, its spectra)."""
+    runs = [{k: v for k, v in r.items() if not k.startswith("_")} for r in summary["runs"]]
+    return {**summary, "runs": runs}
 
 
 # -- 2. exploding -------------------------------------------------------------------------------
@@ -263,20 +472,23 @@ def exploding(
     lr: float = 0.5,
     clip: float = 1.0,
     surface: bool = True,
+    seeds: int = SEEDS,
     progress: bool = True,
 ) -> Report:
     """Elman tanh with W_hh scaled to each spectral radius: gradient growth at
-    initialisation (small inputs keep the states in tanh's linear range, large ones
-    saturate it), then plain SGD on the recall task with and without clipping (with the
-    last input scale); ``surface`` adds :func:`surface_report`."""
+    initialisation (``seed``; small inputs keep the states in tanh's linear range, large
+    ones saturate it), then plain SGD on the recall task with and without clipping (with
+    the last input scale; ``seeds`` seeds, each run once clipped and once not);
+    ``surface`` adds :func:`surface_report`."""
     start = time.perf_counter()
     out = Path(out)
     radii, lengths, input_stds = list(radii), list(lengths), list(input_stds)
+    runs_seeds = seed_list(seed, seeds)
     report = Report("exploding", "Exploding gradients: spectral radius and clipping")
 
-    def fresh(r: float, std: float):
+    def fresh(r: float, std: float, s: int = seed):
         init = Init("spectral", radius=r, std=std)
-        return make_recaller("Elman tanh", hidden, seed, init=init)
+        return make_recaller("Elman tanh", hidden, s, init=init)
 
     growth_rows, panels = [], {}
     for std in input_stds:
@@ -315,51 +527,52 @@ def exploding(
         )
     )
     input_std = input_stds[-1]
+    modes = (("no clipping", 0.0), (f"clipped to norm {clip}", clip))
     train_rows = []
-    runs: dict[str, dict[str, History]] = {"no clipping": {}, f"clipped to norm {clip}": {}}
-    bar = _bar(updates * len(radii) * 2, "exploding: training", progress)
+    curves_by_mode: dict[str, dict[str, dict[str, list]]] = {"loss": {}, "grad": {}}
+    report.data["seeds"], report.data["backend"] = runs_seeds, BACKEND
+    bar = _bar(updates * len(radii) * 2 * len(runs_seeds), "exploding: training", progress)
     for r in radii:
-        for label, threshold in (("no clipping", 0.0), (f"clipped to norm {clip}", clip)):
-            model = fresh(r, input_std)
-            h = train_recall(
-                model,
-                train_length,
-                updates,
-                lr=lr,
-                optimizer="sgd",
-                clip=threshold,
-                seed=seed,
-                progress=bar,
-            )
-            runs[label][f"ρ = {r}"] = h
-            g = np.asarray(h.grad_norms)
-            losses = np.asarray(h.losses)
-            width = min(10, len(losses))
-            window = np.convolve(np.nan_to_num(losses, nan=np.inf), np.ones(width) / width, "valid")
+        for label, threshold in modes:
+            runs = []
+            for s in runs_seeds:
+                h = train_recall(
+                    fresh(r, input_std, s),
+                    train_length,
+                    updates,
+                    lr=lr,
+                    optimizer="sgd",
+                    clip=threshold,
+                    seed=s,
+                    progress=bar,
+                )
+                runs.append(_sgd_run(h, s, threshold))
+            t = _summary(runs)
+            m = t["median"]
             train_rows.append(
                 {
                     "ρ": f"{r}",
                     "clipping": label,
-                    "final loss (nats)": f"{h.final_loss:.3f}",
-                    "worst mean loss over 10 updates": f"{window.max():.3f}",
-                    "accuracy": f"{h.accuracy:.0%}",
-                    "largest ‖g‖": _sci(float(np.nanmax(g))),
-                    "median ‖g‖": _sci(float(np.nanmedian(g))),
-                    "clipped updates": f"{int((g > threshold).sum()) if threshold else 0}",
-                    "non-finite": f"{h.nonfinite}",
+                    "learnt": t["learnt"],
+                    "accuracy per seed": _per_seed(t["accuracies"]),
+                    "final loss (nats)": f"{m['final_loss']:.3f}",
+                    "worst mean loss over 10 updates": f"{m['worst_window']:.3f}",
+                    "largest ‖g‖ per seed": " / ".join(_sci(x["largest_grad"]) for x in runs),
+                    "median ‖g‖": _sci(m["median_grad"]),
+                    "clipped updates per seed": " / ".join(f"{x['clipped']}" for x in runs),
+                    "non-finite (all seeds)": f"{sum(x['nonfinite'] for x in runs)}",
                 }
             )
-            report.data.setdefault("training", {})[f"{r}/{label}"] = {
-                "losses": h.losses,
-                "grad_norms": h.grad_norms,
-                "accuracy": h.accuracy,
-            }
+            report.data.setdefault("training", {})[f"{r}/{label}"] = t
+            for kind, key in (("loss", "losses"), ("grad", "grad_norms")):
+                panel = curves_by_mode[kind].setdefault(label, {})
+                panel[f"ρ = {r}"] = [x[key] for x in runs]
     bar.close()
     report.tables.append(
         (
             f"Training: plain SGD (lr {lr}) on the recall task at T = {train_length}, "
-            f"{updates} updates, batch 32, input weights N(0, {input_std}²), same seed with "
-            f"and without clipping by global norm:",
+            f"{updates} updates, batch 32, input weights N(0, {input_std}²), each run with and "
+            f"without clipping by global norm; {_seeds_caption(runs_seeds)}:",
             train_rows,
         )
     )
@@ -371,16 +584,17 @@ def exploding(
         "Elman tanh at initialisation: gradient norm through time for recurrent spectral radius ρ",
     )
     f.append(out / "training_loss.png")
-    plots.plot_training_curves(
-        {k: {r: h.losses for r, h in v.items()} for k, v in runs.items()},
+    _plot_seed_curves(
+        curves_by_mode["loss"],
         f[-1],
-        f"Training loss with plain SGD (lr {lr}), recall task T = {train_length}",
+        f"Training loss with plain SGD (lr {lr}), recall task T = {train_length}; "
+        f"{_seeds_note(runs_seeds)}",
     )
     f.append(out / "training_grad_norm.png")
-    plots.plot_training_curves(
-        {k: {r: h.grad_norms for r, h in v.items()} for k, v in runs.items()},
+    _plot_seed_curves(
+        curves_by_mode["grad"],
         f[-1],
-        "Gradient norm before clipping, per update",
+        f"Gradient norm before clipping, per update; {_seeds_note(runs_seeds)}",
         ylabel="global gradient norm ‖g‖ (log scale)",
         log=True,
     )
@@ -392,6 +606,26 @@ def exploding(
     report.seconds = time.perf_counter() - start
     report.save(out)
     return report
+
+
+def _sgd_run(h: History, seed: int, threshold: float) -> dict:
+    """One training run of :func:`exploding`: its curves and summary numbers."""
+    g = np.asarray(h.grad_norms)
+    losses = np.asarray(h.losses)
+    width = min(10, len(losses))
+    window = np.convolve(np.nan_to_num(losses, nan=np.inf), np.ones(width) / width, "valid")
+    return {
+        "seed": seed,
+        "losses": h.losses,
+        "grad_norms": h.grad_norms,
+        "final_loss": h.final_loss,
+        "accuracy": h.accuracy,
+        "worst_window": float(window.max()),
+        "largest_grad": float(np.nanmax(g)),
+        "median_grad": float(np.nanmedian(g)),
+        "clipped": int((g > threshold).sum()) if threshold else 0,
+        "nonfinite": h.nonfinite,
+    }
 
 
 # -- 3. penalties -------------------------------------------------------------------------------
@@ -415,64 +649,90 @@ def penalties(
     measure_length: int = 100,
     updates: int = 400,
     lr: float = 1e-2,
+    seeds: int = SEEDS,
     progress: bool = True,
 ) -> Report:
     """Elman tanh trained on the recall task with no penalty, L2 and L1 (on every weight
-    matrix, as ``--l1``/``--l2`` do), then its gradient flow and W_hh measured."""
+    matrix, as ``--l1``/``--l2`` do) from ``seeds`` seeds, then its gradient flow and W_hh
+    measured."""
     start = time.perf_counter()
     out = Path(out)
     settings = dict(settings or PENALTIES)
+    runs_seeds = seed_list(seed, seeds)
+    measure = seed + MEASURE_SEED
     report = Report("penalties", "L1/L2 penalties and vanishing gradients (seed 000)")
+    report.data["seeds"], report.data["backend"] = runs_seeds, BACKEND
     rows, flows, spectra = [], {}, {}
-    bar = _bar(updates * len(settings), "penalties: training", progress)
+    bar = _bar(updates * len(settings) * len(runs_seeds), "penalties: training", progress)
     for label, (l1, l2) in settings.items():
-        model = make_recaller("Elman tanh", hidden, seed)
-        h = train_recall(
-            model, train_length, updates, lr=lr, clip=1.0, l1=l1, l2=l2, seed=seed, progress=bar
-        )
-        flow = _flow(model, measure_length, batch, seed + 1)
-        short = _flow(model, train_length, batch, seed + 1)
-        flows[label] = flow
-        spectra[label] = recurrent_spectra(model)[0]
-        w = model.rnn.weight_hh_l0.detach()
+        runs = []
+        for s in runs_seeds:
+            model = make_recaller("Elman tanh", hidden, s)
+            h = train_recall(
+                model, train_length, updates, lr=lr, clip=1.0, l1=l1, l2=l2, seed=s, progress=bar
+            )
+            spectrum = recurrent_spectra(model)[0]
+            runs.append(
+                {
+                    "seed": s,
+                    "flow": _flow(model, measure_length, batch, measure),
+                    "short": _flow(model, train_length, batch, measure),
+                    "losses": h.losses,
+                    "final_loss": h.final_loss,
+                    "accuracy": h.accuracy,
+                    "radius": spectrum.radius,
+                    "norm_W_hh": float(model.rnn.weight_hh_l0.detach().norm()),
+                    "_spectrum": spectrum,
+                }
+            )
+        t = _summary(runs)
+        m = t["median"]
+        flows[label] = [r["flow"] for r in runs]
+        spectra[f"{label}, seed {runs[0]['seed']}"] = runs[0]["_spectrum"]
         rows.append(
             {
                 "penalty": label,
-                "‖W_hh‖_F": f"{float(w.norm()):.2f}",
-                "spectral radius": f"{spectra[label].radius:.3f}",
-                f"log-rate/step (T = {measure_length})": _rate(flow.log_rate["l0"]),
-                f"ratio T = {train_length}": _sci(short.ratio["l0"]),
-                f"ratio T = {measure_length}": _sci(flow.ratio["l0"]),
-                f"vanished steps (T = {measure_length})": f"{flow.fraction_vanished['l0']:.0%}",
-                "loss (nats)": f"{h.final_loss:.3f}",
-                "accuracy": f"{h.accuracy:.0%}",
+                "learnt": t["learnt"],
+                "accuracy per seed": _per_seed(t["accuracies"]),
+                "loss (nats)": f"{m['final_loss']:.3f}",
+                "‖W_hh‖_F": f"{m['norm_W_hh']:.2f}",
+                "spectral radius": f"{m['radius']:.3f}",
+                f"log-rate/step (T = {measure_length}) per seed": _per_seed_rates(
+                    r["flow"].log_rate["l0"] for r in runs
+                ),
+                f"ratio T = {train_length}": _sci(m["ratio_short"]),
+                f"ratio T = {measure_length}": _sci(m["ratio"]),
+                f"vanished steps (T = {measure_length})": f"{m['vanished']:.0%}",
             }
         )
-        report.data[label] = {
+        report.data.setdefault("training", {})[label] = {
             "l1": l1,
             "l2": l2,
-            "flow": flow,
-            "losses": h.losses,
-            "radius": spectra[label].radius,
+            **_without_models(t),
         }
     bar.close()
     report.tables.append(
         (
             f"Elman tanh, {hidden} units, {updates} Adam updates (lr {lr}, clip 1) on the recall "
-            f"task at T = {train_length}, seed {seed}; penalty λ·Σ|w| (L1) or λ·Σw² (L2) over "
-            f"the weight matrices; measured after training on a fresh batch:",
+            f"task at T = {train_length}; penalty λ·Σ|w| (L1) or λ·Σw² (L2) over the weight "
+            f"matrices; measured after training on a fresh batch; {_seeds_caption(runs_seeds)}:",
             rows,
         )
     )
     f = report.files
     f.append(out / "gradient_flow.png")
-    plots.plot_gradient_norms(
-        {f"Elman tanh, trained at T = {train_length}, measured at T = {measure_length}": flows},
+    _plot_seed_flows(
+        {"": flows},
         f[-1],
-        "L1/L2 penalties: gradient norm through time after training",
+        f"L1/L2 penalties: gradient norm through time after training\n"
+        f"Elman tanh, trained at T = {train_length}, measured at T = {measure_length}\n"
+        f"{_seeds_note(runs_seeds)}\n"
+        f"(a line ends where the gradient underflows to exactly 0)",
     )
     f.append(out / "eigenvalues.png")
-    plots.plot_eigenvalues(spectra, f[-1], "Eigenvalues of W_hh after training, per penalty")
+    plots.plot_eigenvalues(
+        spectra, f[-1], f"Eigenvalues of W_hh after training, per penalty (seed {seed})"
+    )
     report.seconds = time.perf_counter() - start
     report.save(out)
     return report
@@ -492,78 +752,105 @@ def regulariser(
     updates: int = 400,
     optimizer: str = "sgd",
     lr: float = 0.5,
+    seeds: int = SEEDS,
     progress: bool = True,
 ) -> Report:
     """Elman tanh trained on the recall task with the Pascanu et al. (2013) regulariser
-    Omega at strength alpha; the gradient-norm-through-time curve before and after.  Plain
-    SGD by default, as in Pascanu et al.: Adam's per-weight step sizes would rescue the
-    vanishing gradient by themselves and hide what Omega does."""
+    Omega at strength alpha, from ``seeds`` seeds; the gradient-norm-through-time curve
+    before and after.  Plain SGD by default, as in Pascanu et al.: Adam's per-weight step
+    sizes would rescue the vanishing gradient by themselves and hide what Omega does."""
     start = time.perf_counter()
     out = Path(out)
     alphas = list(alphas)
+    runs_seeds = seed_list(seed, seeds)
+    measure = seed + MEASURE_SEED
     report = Report("regulariser", "The Pascanu regulariser and the gradient-norm curve")
+    report.data["seeds"], report.data["backend"] = runs_seeds, BACKEND
     rows, flows, omegas = [], {}, {}
-    fresh = make_recaller("Elman tanh", hidden, seed)
-    flows["at initialisation"] = _flow(fresh, measure_length, batch, seed + 1)
-    bar = _bar(updates * len(alphas), "regulariser: training", progress)
+    inits = [_flow(make_recaller("Elman tanh", hidden, s), measure_length, batch, measure)
+             for s in runs_seeds]  # fmt: skip
+    flows["at initialisation"] = inits
+    report.data["at initialisation"] = {"seeds": runs_seeds, "flows": inits}
+    bar = _bar(updates * len(alphas) * len(runs_seeds), "regulariser: training", progress)
     for alpha in alphas:
-        model = make_recaller("Elman tanh", hidden, seed)
-        h = train_recall(
-            model,
-            train_length,
-            updates,
-            lr=lr,
-            optimizer=optimizer,
-            clip=1.0,
-            pascanu_alpha=alpha,
-            seed=seed,
-            progress=bar,
-        )
+        runs = []
+        for s in runs_seeds:
+            model = make_recaller("Elman tanh", hidden, s)
+            h = train_recall(
+                model,
+                train_length,
+                updates,
+                lr=lr,
+                optimizer=optimizer,
+                clip=1.0,
+                pascanu_alpha=alpha,
+                seed=s,
+                progress=bar,
+            )
+            runs.append(
+                {
+                    "seed": s,
+                    "flow": _flow(model, measure_length, batch, measure),
+                    "short": _flow(model, train_length, batch, measure),
+                    "losses": h.losses,
+                    "omegas": h.omegas,
+                    "final_loss": h.final_loss,
+                    "accuracy": h.accuracy,
+                    "omega_end": float(np.mean(h.omegas[-20:])) if h.omegas else math.nan,
+                    "radius": _radius(model),
+                }
+            )
+        t = _summary(runs)
+        m = t["median"]
         label = f"α = {alpha:g}" if alpha else "α = 0 (no regulariser)"
-        flow = _flow(model, measure_length, batch, seed + 1)
-        flows[label] = flow
-        if h.omegas:
-            omegas[label] = h.omegas
+        flows[label] = [r["flow"] for r in runs]
+        if runs[0]["omegas"]:
+            omegas[label] = [r["omegas"] for r in runs]
         rows.append(
             {
                 "α": f"{alpha:g}",
-                f"log-rate/step (T = {measure_length})": _rate(flow.log_rate["l0"]),
-                f"ratio T = {train_length}": _sci(
-                    _flow(model, train_length, batch, seed + 1).ratio["l0"]
+                "learnt": t["learnt"],
+                "accuracy per seed": _per_seed(t["accuracies"]),
+                "loss (nats)": f"{m['final_loss']:.3f}",
+                f"log-rate/step (T = {measure_length}) per seed": _per_seed_rates(
+                    r["flow"].log_rate["l0"] for r in runs
                 ),
-                f"ratio T = {measure_length}": _sci(flow.ratio["l0"]),
-                f"vanished steps (T = {measure_length})": f"{flow.fraction_vanished['l0']:.0%}",
-                "Ω at the end": f"{np.mean(h.omegas[-20:]):.2f}" if h.omegas else "-",
-                "spectral radius": f"{_radius(model):.3f}",
-                "loss (nats)": f"{h.final_loss:.3f}",
-                "accuracy": f"{h.accuracy:.0%}",
+                f"ratio T = {train_length}": _sci(m["ratio_short"]),
+                f"ratio T = {measure_length}": _sci(m["ratio"]),
+                f"vanished steps (T = {measure_length})": f"{m['vanished']:.0%}",
+                "Ω at the end": f"{m['omega_end']:.2f}" if alpha else "-",
+                "spectral radius": f"{m['radius']:.3f}",
             }
         )
-        report.data[label] = {"alpha": alpha, "flow": flow, "losses": h.losses, "omegas": h.omegas}
+        report.data.setdefault("training", {})[label] = {"alpha": alpha, **t}
     bar.close()
+    init_rate = _median(flow.log_rate["l0"] for flow in inits)
     report.tables.append(
         (
             f"Elman tanh, {hidden} units, {updates} {_optimizer_name(optimizer)} updates (lr {lr}, "
-            f"clip 1) on the recall "
-            f"task at T = {train_length} with loss + α·Ω, seed {seed}; measured after training "
-            f"(fresh batch; at initialisation the log-rate is "
-            f"{_rate(flows['at initialisation'].log_rate['l0'])}):",
+            f"clip 1) on the recall task at T = {train_length} with loss + α·Ω; measured after "
+            f"training on a fresh batch (at initialisation the log-rate is {_rate(init_rate)}); "
+            f"{_seeds_caption(runs_seeds)}:",
             rows,
         )
     )
     f = report.files
     f.append(out / "gradient_flow.png")
-    plots.plot_gradient_norms(
-        {f"Elman tanh, trained at T = {train_length}, measured at T = {measure_length}": flows},
+    _plot_seed_flows(
+        {"": flows},
         f[-1],
-        "The Pascanu regulariser: gradient norm through time before and after training",
+        f"The Pascanu regulariser: gradient norm through time\n"
+        f"Elman tanh, trained at T = {train_length}, measured at T = {measure_length}\n"
+        f"{_seeds_note(runs_seeds)}",
     )
     if omegas:
         f.append(out / "omega.png")
-        plots.plot_training_curves(
-            {"Ω = Σ_k (‖∂E/∂h_(k+1) · ∂h_(k+1)/∂h_k‖ / ‖∂E/∂h_(k+1)‖ − 1)²": omegas},
+        _plot_seed_curves(
+            {"": omegas},
             f[-1],
-            "The Pascanu regulariser Ω during training",
+            "The Pascanu regulariser Ω during training\n"
+            "Ω = Σ_k (‖∂E/∂h_(k+1) · ∂h_(k+1)/∂h_k‖ / ‖∂E/∂h_(k+1)‖ − 1)²\n"
+            f"{_seeds_note(runs_seeds)}",
             ylabel="Ω (dimensionless; 0 = every step keeps the gradient's norm)",
         )
     report.seconds = time.perf_counter() - start
@@ -612,7 +899,13 @@ def surface_report(
         )
     )
     report.files.append(out / "surface.png")
-    plots.plot_error_surface(error_surface(), runs, report.files[-1])
+    plots.plot_error_surface(
+        error_surface(),
+        runs,
+        report.files[-1],
+        r"One-unit RNN $x_t = w\,\sigma(x_{t-1}) + b$, $x_0 = 0.5$ (Pascanu et al. 2013, "
+        "seed 004): gradient descent with and without norm clipping",
+    )
     report.seconds = time.perf_counter() - start
     if save:
         report.save(out)
@@ -628,11 +921,17 @@ REPORTS = {
 
 
 def run_reports(
-    names: Iterable[str], base: Path | None = None, seed: int = 0, progress: bool = True
+    names: Iterable[str],
+    base: Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    seeds: int = SEEDS,
 ) -> Iterator[Report]:
-    """Run the named reports with their defaults. Output: ``base`` for one report,
-    ``base/NAME`` for several, ``runs/diagnose/NAME`` without ``base``."""
+    """Run the named reports with their defaults, each trained configuration from ``seeds``
+    seeds. Output: ``base`` for one report, ``base/NAME`` for several,
+    ``runs/diagnose/NAME`` without ``base``."""
     names = list(names)
+    seed_list(seed, seeds)  # a bad count fails before any report runs
     for name in names:
         if name not in REPORTS:
             raise ValueError(f"unknown report {name!r}; choose from {', '.join(REPORTS)}")
@@ -641,4 +940,4 @@ def run_reports(
             out = Path("runs/diagnose") / name
         else:
             out = base if len(names) == 1 else base / name
-        yield REPORTS[name](out, seed=seed, progress=progress)
+        yield REPORTS[name](out, seed=seed, seeds=seeds, progress=progress)

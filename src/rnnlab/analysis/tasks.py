@@ -9,6 +9,13 @@ task needs exactly the long-range gradient that vanishes.  Chance level is ln K 
 :func:`train_recall` is a deliberately plain loop (no engine): sample a batch, loss,
 optional L1/L2 penalty and Pascanu regulariser, clip, step; it records what the
 experiments compare.
+
+Every model is built with ``backend=BACKEND`` (``"fused"``), not the layers' default
+``"auto"``: float32 training on this task is chaotic (a difference in the last bit of one
+gradient can decide whether a run learns), and ``"auto"`` picks whichever compiled kernel
+(numba, PyTorch's own) is available and fastest, a choice that changes between versions and
+machines.  The fused path is plain PyTorch with hand-derived backward code, the same on
+every machine with the same torch build.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from rnnlab.training.clipping import clip_gradients
 from rnnlab.training.regularizers import OmegaProbe, weight_penalty
 
 SYMBOLS = 4
+BACKEND = "fused"  # pinned, so a trained outcome does not change with the kernels installed
 
 # The cells the experiments compare: label -> (layer class, keyword arguments).
 CELLS = {
@@ -72,14 +80,21 @@ class Recaller(nn.Module):
 
 
 def make_recaller(
-    cell: str, hidden: int = 32, seed: int = 0, symbols: int = SYMBOLS, **layer_kwargs
+    cell: str,
+    hidden: int = 32,
+    seed: int = 0,
+    symbols: int = SYMBOLS,
+    backend: str = BACKEND,
+    **layer_kwargs,
 ) -> Recaller:
-    """A fresh :class:`Recaller` for one of :data:`CELLS`, seeded."""
+    """A fresh :class:`Recaller` for one of :data:`CELLS`, seeded, its layer on ``backend``
+    (default :data:`BACKEND`, pinned: see the module docstring); ``layer_kwargs`` go to the
+    layer class (``init=``, ...)."""
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {', '.join(CELLS)}; got {cell!r}")
     torch.manual_seed(seed)
     cls, kwargs = CELLS[cell]
-    return Recaller(cls(2 * symbols, hidden, **kwargs, **layer_kwargs), symbols)
+    return Recaller(cls(2 * symbols, hidden, backend=backend, **kwargs, **layer_kwargs), symbols)
 
 
 @dataclass

@@ -85,6 +85,14 @@ def add_arguments(p) -> None:
     )
     m.add_argument("--seed", type=int, default=0, metavar="N", help="seed (default: 0)")
     m.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=3,
+        metavar="N",
+        help="with 'report': train each configuration from N seeds, --seed, --seed + 1, ... "
+        "(default: 3)",
+    )
+    m.add_argument(
         "--out",
         metavar="DIR",
         help="where plots and JSON go (default: runs/diagnose/model, runs/diagnose/surface "
@@ -135,7 +143,8 @@ def run_report(a) -> int:
             f"got {given}"
         )
     base = output_directory(a.out) if a.out else None
-    for report in run_reports(names, base, seed=a.seed, progress=not a.no_progress):
+    runs = run_reports(names, base, seed=a.seed, progress=not a.no_progress, seeds=a.seeds)
+    for report in runs:
         print(report.markdown())
         print()
     return 0
