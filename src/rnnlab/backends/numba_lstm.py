@@ -612,7 +612,7 @@ class LSTMCompiledFunction(torch.autograd.Function):
         grad_h = grad_r if drop_mask is None else grad_r * drop_mask
         grad_h = grad_h + carry_h  # h0-bar = m W_hh^T a^h-bar_0 + d^h_0 h-bar_0
         summed = {}  # the gradients the reverse loop summed per sequence
-        total = torch.from_numpy(sums).sum(0).to(x.dtype)
+        total = torch.from_numpy(sums).sum(0).to(x.dtype) if sums.shape[1] else None
         if use_ln:
             G = 4 * H
             names = ("gamma_x", "gamma_h", "gamma_c", "beta_c", "bias")

@@ -293,10 +293,6 @@ def _expected(hint) -> str:
         if type(None) in args:
             words.append("none")
         return " or ".join(words)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin is tuple:
-        return "an array"
     return {
         bool: "true or false",
         int: "an integer",
@@ -311,7 +307,8 @@ class _WrongType(Exception):
 
 
 def _convert(hint, value):
-    """``value`` as the type ``hint`` (ints become floats, arrays tuples) or _WrongType."""
+    """``value`` as the type ``hint`` (the scalar types and ``X | None`` the config groups
+    declare; ints become floats) or _WrongType."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -323,20 +320,6 @@ def _convert(hint, value):
                 except _WrongType:
                     pass
         raise _WrongType
-    if origin is typing.Literal:
-        if any(type(value) is type(a) and value == a for a in args):
-            return value
-        raise _WrongType
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _WrongType
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v) for v in value)
-        if not args:  # a bare ``tuple``
-            return tuple(value)
-        if len(args) != len(value):
-            raise _WrongType
-        return tuple(_convert(a, v) for a, v in zip(args, value, strict=True))
     if hint is bool:
         if isinstance(value, bool):
             return value
