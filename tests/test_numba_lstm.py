@@ -24,11 +24,11 @@ F32 = dict(atol=2e-5, rtol=2e-5)
 OPTIONS = ("peephole", "ln", "drop", "zoneout")
 
 
-def problem(dtype, on, zoneout_training=True, seed=1, rows=N):
+def problem(dtype, on, zoneout_training=True, seed=1, rows=N, hidden=H):
     """Arguments, options and the tensors to differentiate, for the options in ``on``
     (``rows`` sequences: 1 takes the one-call compiled loop, ``SEQUENCE_ROWS``)."""
     g = torch.Generator().manual_seed(seed)
-    N = rows
+    N, H = rows, hidden
     P = 3 if "proj" in on else H  # the size of h: projected to 3 units
 
     def rand(*shape, scale=1.0):
@@ -62,8 +62,8 @@ def problem(dtype, on, zoneout_training=True, seed=1, rows=N):
     return args, opts, leaves
 
 
-def values_and_grads(run, dtype, on, zoneout_training=True, rows=N):
-    args, opts, leaves = problem(dtype, on, zoneout_training, rows=rows)
+def values_and_grads(run, dtype, on, zoneout_training=True, rows=N, hidden=H):
+    args, opts, leaves = problem(dtype, on, zoneout_training, rows=rows, hidden=hidden)
     hs, cs = run(*args, **opts)
     g = torch.Generator().manual_seed(7)
     w_h, w_c = (torch.randn(v.shape, generator=g, dtype=dtype) for v in (hs, cs))
@@ -283,11 +283,70 @@ def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, dtype, on):
 
     runs = []
     for parts in (1, 2, 3):
-        monkeypatch.setattr(numba_lstm, "_parts", lambda rows, parts=parts: parts)
+        monkeypatch.setattr(numba_lstm, "_parts", lambda size, least=0, parts=parts: parts)
         runs.append(values_and_grads(lstm_compiled_sequence, dtype, on))
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("on", [(), ("peephole", "drop", "zoneout")], ids=["plain", "options"])
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+def test_units_of_one_sequence_split_over_threads_give_the_same_numbers(monkeypatch, dtype, on):
+    """At batch 1 the whole sequence is one call, its units split into blocks, one per
+    thread, that meet at every step (``numba_math._claim``).  Any number of blocks gives
+    the same numbers, bit for bit, and the reference's in float64.  Also with fewer
+    threads than blocks, so that one thread runs its own block of a step and then, after
+    waiting in vain, the others': a pool that runs the blocks one after another is slow,
+    not dead-locked.  40 units: blocks of 20, 13-14 and 40 (the copies of the weights take
+    eight rows at a time, then the rest)."""
+    import numba
+
+    import rnnlab.backends.numba_lstm as numba_lstm
+    from rnnlab.backends.numba_math import numba_threads
+
+    before = numba_threads()
+    runs = []
+    try:
+        for parts, threads in ((1, before), (2, before), (3, before), (3, 1)):
+            monkeypatch.setattr(numba_lstm, "_parts", lambda size, least=0, parts=parts: parts)
+            numba.set_num_threads(threads)
+            runs.append(values_and_grads(lstm_compiled_sequence, dtype, on, rows=1, hidden=40))
+    finally:
+        numba.set_num_threads(before)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert torch.equal(a, b)
+    if dtype == F64:
+        expected = values_and_grads(lstm_ext_sequence_reference, F64, on, rows=1, hidden=40)
+        for a, b in zip(runs[0], expected, strict=True):
+            torch.testing.assert_close(a, b, **TIGHT)
+
+
+def test_atomics_claim_each_block_once():
+    """The atomics the blocks meet through: compare-and-swap sets only from the expected
+    value; a block is claimed once per stage, and a done block is not claimed again."""
+    import numba
+    import numpy as np
+
+    from rnnlab.backends.numba_math import _claim, _compare_and_swap, _done, _load, new_sync
+
+    @numba.njit
+    def swaps(a):
+        return _compare_and_swap(a, 0, 5, 6), _compare_and_swap(a, 0, 5, 7), _load(a, 0)
+
+    assert swaps(np.array([5], dtype=np.int64)) == (True, False, 6)
+
+    @numba.njit
+    def stage_zero(sync):
+        first = _claim(sync, 0, 0, True)  # claimed: the caller runs it
+        _done(sync, 0, 0)
+        again = _claim(sync, 0, 0, True)  # done: nothing to run
+        return first, again
+
+    sync = new_sync(2)
+    assert stage_zero(sync) == (True, False)
+    assert sync.tolist() == [[0, -1], [0, -1]]
 
 
 def test_transposed_initial_state():

@@ -51,7 +51,11 @@ change (``fastmath`` reassociation on those sums only).  Tests:
 
 Threads: the matmuls use PyTorch's; each compiled pass splits the rows (the N
 sequences) over Numba's, as many as PyTorch has (:func:`_parts`).  Each row is computed
-the same way on any thread, so the results do not depend on the thread count.
+the same way on any thread, so the results do not depend on the thread count.  A single
+sequence (batch 1, no projection) runs its whole time loop in one compiled call, with its
+own matrix-vector products; there the units are split instead, one block per thread, and
+the threads meet once per step inside one parallel region (see "a whole sequence in one
+call" below; with LN, whose sums take every unit, it runs on one thread).
 """
 
 from __future__ import annotations
@@ -66,7 +70,15 @@ from numba import prange
 from torch.autograd.function import once_differentiable
 
 from rnnlab.backends.numba_generate import _POOL_PID, _kernel_parallel, _matvec_t, threads_usable
-from rnnlab.backends.numba_math import _kernel, _sigmoid_fast, _tanh_fast, numba_threads
+from rnnlab.backends.numba_math import (
+    _claim,
+    _done,
+    _kernel,
+    _sigmoid_fast,
+    _tanh_fast,
+    new_sync,
+    numba_threads,
+)
 from rnnlab.cells.elman import _combined_bias, input_projection, step_weight
 from rnnlab.cells.lstm import (
     LN_EPS,
@@ -152,62 +164,73 @@ def _layer_norm_backward(g, gamma, v_hat, rho, out, gains, shifts):
 
 @_kernel
 def _forward_row(z, a_h, c_prev, h_prev, m, peep, gamma_h, gamma_c, beta_c, zone_h, zone_c,
-                 c_tilde, c, y, h, r, a_h_hat, c_hat, proj, a_x_hat, gamma_x, shift):  # fmt: skip
-    """One row of step t.  ``z`` holds the input side of the gates (with LN: a^x_t, not
-    yet normalised, and ``shift`` = beta_x + beta_h + b_ih + b_hh is added here) and
-    leaves as the activated [i, f, g, o]; the options are rows of length 0 when off.
-    Returns (rho_x, rho_h, rho_c), the layer norms' inverse deviations (0 without LN).
-    With a projection (``proj``) ``h`` receives u = o * y and the row stops there:
-    h~ = W_hr u needs a matmul first, and :func:`_project_rows` finishes the step.
+                 c_tilde, c, y, h, r, a_h_hat, c_hat, proj, a_x_hat, gamma_x, shift,
+                 lo, hi):  # fmt: skip
+    """Units ``lo:hi`` of one row of step t.  ``z`` holds the input side of the gates (with
+    LN: a^x_t, not yet normalised, and ``shift`` = beta_x + beta_h + b_ih + b_hh is added
+    here) and leaves as the activated [i, f, g, o]; ``a_h`` = r_{t-1} W_hh^T of these units
+    only, their four gates one after another (4 (hi - lo) values: the whole row for
+    0:H); the options are rows of length 0 when off.  Layer norm takes every unit of the
+    row (0:H).  Returns (rho_x, rho_h, rho_c), the layer norms' inverse deviations (0
+    without LN).  With a projection (``proj``) ``h`` receives u = o * y and the row stops
+    there: h~ = W_hr u needs a matmul first, and :func:`_project_rows` finishes the step.
 
     Each loop writes one array, which LLVM vectorises (16 float32 lanes); the
     nonlinearities in one loop with the rest ran scalar, 3x slower."""
     H = c_prev.shape[0]
     G = 4 * H
+    w = hi - lo
     use_ln = gamma_h.shape[0] > 0
     rho_x = rho_h = rho_c = 0.0
-    if use_ln:
+    if use_ln:  # lo:hi = 0:H
         rho_x = _normalise(z, a_x_hat)
         rho_h = _normalise(a_h, a_h_hat)
         for j in range(G):
             z[j] = gamma_x[j] * a_x_hat[j] + shift[j] + gamma_h[j] * a_h_hat[j]
     else:
-        for j in range(G):
-            z[j] += a_h[j]
-    z_i, z_f, z_g, z_o = z[:H], z[H : 2 * H], z[2 * H : 3 * H], z[3 * H :]
+        for k in range(4):
+            zk, ak = z[k * H + lo : k * H + hi], a_h[k * w : (k + 1) * w]
+            for j in range(w):
+                zk[j] += ak[j]
+    z_i, z_f = z[lo:hi], z[H + lo : H + hi]
+    z_g, z_o = z[2 * H + lo : 2 * H + hi], z[3 * H + lo : 3 * H + hi]
+    c_prev, c_tilde = c_prev[lo:hi], c_tilde[lo:hi]
     if peep.shape[1] > 0:
-        w_ci, w_cf = peep[0], peep[1]
-        for j in range(H):
+        w_ci, w_cf = peep[0, lo:hi], peep[1, lo:hi]
+        for j in range(w):
             z_i[j] += w_ci[j] * c_prev[j]
             z_f[j] += w_cf[j] * c_prev[j]
-    z_if = z[: 2 * H]
-    for j in range(2 * H):
-        z_if[j] = _sigmoid_fast(z_if[j], z)
-    for j in range(H):
+    for j in range(w):
+        z_i[j] = _sigmoid_fast(z_i[j], z)
+    for j in range(w):
+        z_f[j] = _sigmoid_fast(z_f[j], z)
+    for j in range(w):
         z_g[j] = _tanh_fast(z_g[j], z)
-    for j in range(H):
+    for j in range(w):
         c_tilde[j] = z_f[j] * c_prev[j] + z_i[j] * z_g[j]
     if peep.shape[1] > 0:
-        w_co = peep[2]
-        for j in range(H):
+        w_co = peep[2, lo:hi]
+        for j in range(w):
             z_o[j] += w_co[j] * c_tilde[j]
-    for j in range(H):
+    for j in range(w):
         z_o[j] = _sigmoid_fast(z_o[j], z)
+    y, h = y[lo:hi], h[lo:hi]
     if use_ln:
         rho_c = _normalise(c_tilde, c_hat)
         for j in range(H):
             y[j] = _tanh_fast(gamma_c[j] * c_hat[j] + beta_c[j], z)
     else:
-        for j in range(H):
+        for j in range(w):
             y[j] = _tanh_fast(c_tilde[j], z)
-    for j in range(H):
+    for j in range(w):
         h[j] = z_o[j] * y[j]
     # zoneout, as torch.lerp(new, old, d): exact at d = 0 and d = 1
     if zone_c.shape[0] > 0:
-        for j in range(H):
-            c[j] = c_tilde[j] + zone_c[j] * (c_prev[j] - c_tilde[j])
+        c, d = c[lo:hi], zone_c[lo:hi]
+        for j in range(w):
+            c[j] = c_tilde[j] + d[j] * (c_prev[j] - c_tilde[j])
     if not proj:
-        _finish_h(h, h_prev, zone_h, m, r)
+        _finish_h(h, h_prev[lo:hi], zone_h[lo:hi], m[lo:hi], r[lo:hi])
     return rho_x, rho_h, rho_c
 
 
@@ -228,8 +251,9 @@ def _finish_h(h, h_prev, zone_h, m, r):
 
 
 @_kernel
-def _forward_rows(t, lo, hi, arrays, opts, ln):
-    """Rows ``lo:hi`` of step t: see :func:`_forward_row`.  ``arrays``: (gates, a_h, h0, c0,
+def _forward_rows(t, lo, hi, arrays, opts, ln, a, b):
+    """Rows ``lo:hi`` of step t, units ``a:b`` (all units: 0:H): see :func:`_forward_row`,
+    which takes ``a_h[n, 4a:4b]``.  ``arrays``: (gates, a_h, h0, c0,
     hs, cs, c_tildes, ys, r, us), ``a_h`` = r_{t-1} W_hh^T, ``us`` (T, N, H) the u_t of a
     projected layer, else (T, N, 0); ``opts``: (m, peep, gamma_h, gamma_c, beta_c, zone_h,
     zone_c); ``ln``: (a_h_hats, rstd_h, c_hats, rstd_c, a_x_hats, rstd_x, gamma_x, shift),
@@ -244,9 +268,10 @@ def _forward_rows(t, lo, hi, arrays, opts, ln):
         h_prev = h0[n] if t == 0 else hs[t - 1, n]
         out = us[t, n] if proj else hs[t, n]
         rho_x, rho_h, rho_c = _forward_row(
-            gates[t, n], a_h[n], c_prev, h_prev, m[n], peep, gamma_h, gamma_c, beta_c,
+            gates[t, n], a_h[n, 4 * a : 4 * b], c_prev, h_prev, m[n], peep, gamma_h, gamma_c,
+            beta_c,
             zone_h[t, n], zone_c[t, n], c_tildes[t, n], cs[t, n], ys[t, n], out, r[n],
-            a_h_hats[t, n], c_hats[t, n], proj, a_x_hats[t, n], gamma_x, shift,
+            a_h_hats[t, n], c_hats[t, n], proj, a_x_hats[t, n], gamma_x, shift, a, b,
         )  # fmt: skip
         if use_ln:
             rstd_x[t, n, 0] = rho_x
@@ -269,13 +294,14 @@ def _project_rows(t, lo, hi, arrays, opts):
 def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamma_c,
                   zone_h, zone_c, a_h_hat, rho_h, c_hat, rho_c, carry_h, carry_c,
                   grad_z, grad_a_h, grad_n, c_bar, n_bar, grad_u, a_x_hat, rho_x, gamma_x,
-                  grad_a_x, sums, c_tilde, peep_sums):  # fmt: skip
-    """One row of step t of the reverse loop (cells/lstm.py, "Backward of the extended
-    LSTM").  In: ``grad_r`` = W_hh^T a^h-bar_{t+1}, ``carry_h`` = d^h_{t+1} h-bar_{t+1},
-    ``carry_c`` = what c_t gets from step t+1.  Out: ``grad_z`` = z-bar_t, ``grad_a_h`` =
-    a^h-bar_t (LN; else it is grad_z), and the carries for step t - 1.  ``grad_n`` (n-bar_t,
-    LN), ``c_bar``, ``n_bar``: scratch rows of H values.  ``grad_z`` may be a scratch row
-    too, where z-bar is not kept (with LN: ``sums`` takes its sums).
+                  grad_a_x, sums, c_tilde, peep_sums, lo, hi):  # fmt: skip
+    """Units ``lo:hi`` of one row of step t of the reverse loop (cells/lstm.py, "Backward
+    of the extended LSTM"); layer norm and a projection take every unit (0:H).  In:
+    ``grad_r`` = W_hh^T a^h-bar_{t+1}, ``carry_h`` = d^h_{t+1} h-bar_{t+1}, ``carry_c`` =
+    what c_t gets from step t+1.  Out: ``grad_z`` = z-bar_t, ``grad_a_h`` = a^h-bar_t (LN;
+    else it is grad_z), and the carries for step t - 1.  ``grad_n`` (n-bar_t, LN),
+    ``c_bar``, ``n_bar``: scratch rows of H values.  ``grad_z`` may be a scratch row too,
+    where z-bar is not kept (with LN: ``sums`` takes its sums).
 
     With a projection ``grad_u`` holds u-bar = W_hr^T h~-bar (from :func:`_unproject_rows`
     and a matmul) and the h-bar arguments are not read; else it has length 0.  With LN
@@ -287,10 +313,19 @@ def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamm
     z^i-bar c_{t-1}, z^f-bar c_{t-1} and z^o-bar c~_t (``c_tilde``).  Two loops, as the
     forward."""
     H = c_prev.shape[0]
+    w = hi - lo
     use_ln, use_peep, use_m = gamma_h.shape[0] > 0, peep.shape[1] > 0, m.shape[0] > 0
     use_zh, use_zc = zone_h.shape[0] > 0, zone_c.shape[0] > 0
     proj = grad_u.shape[0] > 0
-    for j in range(H):
+    z_i, z_f = z[lo:hi], z[H + lo : H + hi]
+    z_g, z_o = z[2 * H + lo : 2 * H + hi], z[3 * H + lo : 3 * H + hi]
+    gz_i, gz_f = grad_z[lo:hi], grad_z[H + lo : H + hi]
+    gz_g, gz_o = grad_z[2 * H + lo : 2 * H + hi], grad_z[3 * H + lo : 3 * H + hi]
+    c_prev, y, c_tilde = c_prev[lo:hi], y[lo:hi], c_tilde[lo:hi]
+    grad_hs, grad_cs, grad_r, grad_u = grad_hs[lo:hi], grad_cs[lo:hi], grad_r[lo:hi], grad_u[lo:hi]
+    m, zone_h, zone_c = m[lo:hi], zone_h[lo:hi], zone_c[lo:hi]
+    carry_h, carry_c, c_bar, n_bar_u = carry_h[lo:hi], carry_c[lo:hi], c_bar[lo:hi], n_bar[lo:hi]
+    for j in range(w):
         if proj:
             u_bar = grad_u[j]
         else:
@@ -301,9 +336,9 @@ def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamm
                 carry_h[j] = zone_h[j] * h_bar
             else:
                 carry_h[j] = 0.0
-        o, yj = z[3 * H + j], y[j]
-        grad_z[3 * H + j] = u_bar * yj * o * (1.0 - o)
-        n_bar[j] = u_bar * o * (1.0 - yj * yj)
+        o, yj = z_o[j], y[j]
+        gz_o[j] = u_bar * yj * o * (1.0 - o)
+        n_bar_u[j] = u_bar * o * (1.0 - yj * yj)
         c_bar[j] = grad_cs[j] + carry_c[j]
     if use_ln:  # sums: gamma_x, gamma_h, gamma_c, beta_c
         G = 4 * H
@@ -318,26 +353,29 @@ def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamm
             sums[2 * G : 2 * G + H],
             sums[2 * G + H : 2 * G + 2 * H],
         )
-    for j in range(H):
+    w_ci, w_cf, w_co = peep[0, lo:hi], peep[1, lo:hi], peep[2, lo:hi]
+    sum_i, sum_f = peep_sums[lo:hi], peep_sums[H + lo : H + hi]
+    sum_o = peep_sums[2 * H + lo : 2 * H + hi]
+    for j in range(w):
         cb = c_bar[j]
         # c~-bar: (1 - d^c) c-bar + LN'(n-bar) + w_co z^o-bar
-        ct_bar = ((1.0 - zone_c[j]) * cb if use_zc else cb) + n_bar[j]
+        ct_bar = ((1.0 - zone_c[j]) * cb if use_zc else cb) + n_bar_u[j]
         if use_peep:
-            ct_bar += peep[2, j] * grad_z[3 * H + j]
-        i, f, g = z[j], z[H + j], z[2 * H + j]
+            ct_bar += w_co[j] * gz_o[j]
+        i, f, g = z_i[j], z_f[j], z_g[j]
         gi = ct_bar * g * i * (1.0 - i)
         gf = ct_bar * c_prev[j] * f * (1.0 - f)
-        grad_z[j] = gi
-        grad_z[H + j] = gf
-        grad_z[2 * H + j] = ct_bar * i * (1.0 - g * g)
+        gz_i[j] = gi
+        gz_f[j] = gf
+        gz_g[j] = ct_bar * i * (1.0 - g * g)
         cc = f * ct_bar
         if use_zc:
             cc += zone_c[j] * cb
         if use_peep:
-            cc += peep[0, j] * gi + peep[1, j] * gf
-            peep_sums[j] += gi * c_prev[j]
-            peep_sums[H + j] += gf * c_prev[j]
-            peep_sums[2 * H + j] += grad_z[3 * H + j] * c_tilde[j]
+            cc += w_ci[j] * gi + w_cf[j] * gf
+            sum_i[j] += gi * c_prev[j]
+            sum_f[j] += gf * c_prev[j]
+            sum_o[j] += gz_o[j] * c_tilde[j]
         carry_c[j] = cc
     if use_ln:
         G = 4 * H
@@ -347,8 +385,9 @@ def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamm
 
 
 @_kernel
-def _backward_rows(t, lo, hi, arrays, opts, ln, scratch):
-    """Rows ``lo:hi`` of step t of the reverse loop: see :func:`_backward_row`.
+def _backward_rows(t, lo, hi, arrays, opts, ln, scratch, a, b):
+    """Rows ``lo:hi`` of step t of the reverse loop, units ``a:b`` (all units: 0:H): see
+    :func:`_backward_row`.
     ``arrays``: (gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_gates,
     grad_a_h, c_tildes, grad_u, grad_h_tildes), the last two (N, H) and (T, N, P) with a
     projection, else empty; ``opts`` as :func:`_forward_rows`; ``ln``: (a_h_hats, rstd_h,
@@ -377,7 +416,7 @@ def _backward_rows(t, lo, hi, arrays, opts, ln, scratch):
             peep, gamma_h, gamma_c, zone_h[t, n], zone_c[t, n], a_h_hats[t, n], rho_h,
             c_hats[t, n], rho_c, carry_h[n], carry_c[n], z_bar, grad_a_h[t, n],
             grad_n, c_bar, n_bar, grad_u[n], a_x_hats[t, n], rho_x, gamma_x,
-            grad_a_xs[t, n], sums[n, :ln_part], c_tildes[t, n], sums[n, ln_part:],
+            grad_a_xs[t, n], sums[n, :ln_part], c_tildes[t, n], sums[n, ln_part:], a, b,
         )  # fmt: skip
 
 
@@ -413,14 +452,15 @@ def _unproject_rows(t, lo, hi, arrays, opts):
 # on the signature, not on the parallel option.
 @_kernel
 def _forward_step(t, arrays, opts, ln):
-    _forward_rows(t, 0, arrays[0].shape[1], arrays, opts, ln)
+    _forward_rows(t, 0, arrays[0].shape[1], arrays, opts, ln, 0, arrays[5].shape[2])
 
 
 @_kernel_parallel
 def _forward_step_threads(t, arrays, opts, ln, parts):
     N = arrays[0].shape[1]
     for k in prange(parts):
-        _forward_rows(t, k * N // parts, (k + 1) * N // parts, arrays, opts, ln)
+        lo, hi = k * N // parts, (k + 1) * N // parts
+        _forward_rows(t, lo, hi, arrays, opts, ln, 0, arrays[5].shape[2])
 
 
 @_kernel
@@ -449,37 +489,144 @@ def _unproject_step_threads(t, arrays, opts, parts):
 
 @_kernel
 def _backward_step(t, arrays, opts, ln, scratch):
-    _backward_rows(t, 0, arrays[0].shape[1], arrays, opts, ln, scratch[0])
+    _backward_rows(t, 0, arrays[0].shape[1], arrays, opts, ln, scratch[0], 0, arrays[2].shape[2])
 
 
 @_kernel_parallel
 def _backward_step_threads(t, arrays, opts, ln, scratch):
     N, parts = arrays[0].shape[1], scratch.shape[0]
     for k in prange(parts):
-        _backward_rows(t, k * N // parts, (k + 1) * N // parts, arrays, opts, ln, scratch[k])
+        lo, hi = k * N // parts, (k + 1) * N // parts
+        _backward_rows(t, lo, hi, arrays, opts, ln, scratch[k], 0, arrays[2].shape[2])
+
+
+# -- a whole sequence in one call, its units split over threads ---------------------------
+#
+# With one sequence (:data:`SEQUENCE_ROWS`) a step's product is a matrix-vector product and
+# PyTorch's per-step call costs more than it, so the whole time loop runs in one compiled
+# call.  With threads it is one parallel region: thread p owns the units of block p
+# (``lo:hi``) and, in each step, computes their four gates' pre-activations from its own
+# copy of their columns of W_hh^T (forward) or their columns of W_hh (backward), then
+# their gates; the threads meet once per step (``numba_math._claim``).  Stage 0 stores each
+# block's weights; stage s > 0 is a step.  Every unit is computed by the same operations in
+# the same order on any number of threads (a product's sum over its inputs does not depend
+# on the block's width), so the results do not depend on the thread count.
 
 
 @_kernel
-def _forward_sequence(arrays, opts, ln, w_t):
-    """Every step of the forward, matmul included, in one compiled call: for a few rows
-    (:data:`SEQUENCE_ROWS`), where PyTorch's per-step call costs more than the product.
-    ``w_t`` = W_hh^T, (H, 4H), C order; the product is row by row (:func:`_matvec_t`)."""
-    gates, a_h, r = arrays[0], arrays[1], arrays[8]
-    for t in range(gates.shape[0]):
-        for n in range(gates.shape[1]):
-            _matvec_t(w_t, r[n], a_h[n])
-        _forward_rows(t, 0, gates.shape[1], arrays, opts, ln)
+def _gate_columns(w, lo, hi, out):
+    """``out`` (H, 4 (hi - lo)) = W^T's columns of units ``lo:hi``, their four gates one
+    after another: ``out[k, g (hi - lo) + j] = w[g H + lo + j, k]``, ``w`` (4H, H) C order.
+    Eight rows of ``w`` at a time (1 MB: about 170 µs, against 440 µs for PyTorch's
+    transposing copy here)."""
+    H = w.shape[1]
+    width = hi - lo
+    for g in range(4):
+        src = w[g * H + lo : g * H + hi]
+        j = 0
+        while j + 8 <= width:
+            r0, r1, r2, r3 = src[j], src[j + 1], src[j + 2], src[j + 3]
+            r4, r5, r6, r7 = src[j + 4], src[j + 5], src[j + 6], src[j + 7]
+            c = g * width + j
+            for k in range(H):
+                o = out[k, c : c + 8]
+                o[0], o[1], o[2], o[3] = r0[k], r1[k], r2[k], r3[k]
+                o[4], o[5], o[6], o[7] = r4[k], r5[k], r6[k], r7[k]
+            j += 8
+        while j < width:
+            row, c = src[j], g * width + j
+            for k in range(H):
+                out[k, c] = row[k]
+            j += 1
 
 
 @_kernel
-def _backward_sequence(arrays, opts, ln, scratch, w):
-    """Every step of the reverse loop in one compiled call (see :func:`_forward_sequence`);
-    ``w`` = W_hh, (4H, H), C order, gives ``grad_r`` = W_hh^T a^h-bar_t row by row."""
-    gates, grad_r, grad_a_h = arrays[0], arrays[6], arrays[10]
-    for t in range(gates.shape[0] - 1, -1, -1):
-        _backward_rows(t, 0, gates.shape[1], arrays, opts, ln, scratch[0])
-        for n in range(gates.shape[1]):
-            _matvec_t(w, grad_a_h[t, n], grad_r[n])
+def _unit_columns(w, lo, hi, out):
+    """``out`` (4H, hi - lo) = ``w[:, lo:hi]``, C order."""
+    for i in range(w.shape[0]):
+        src, dst = w[i, lo:hi], out[i]
+        for j in range(hi - lo):
+            dst[j] = src[j]
+
+
+@_kernel
+def _forward_blocks(p, parts, arrays, opts, ln, w, blocks, r2, sync):
+    """Thread ``p``'s share of the forward pass of a whole sequence (see above).  ``w`` =
+    W_hh (4H, H); ``blocks`` (4H H,): each block's columns of W_hh^T (:func:`_gate_columns`),
+    block ``lo:hi`` at 4H lo; ``r2`` (2, N, H): r_{t-1} in row (t + 1) % 2, r_t written to
+    row t % 2 (the other threads may still read r_{t-1} while this one writes r_t);
+    ``arrays[1]`` (a_h) holds block ``lo:hi``'s products in its columns 4 lo : 4 hi."""
+    a_h, cs = arrays[1], arrays[5]
+    T, N, H = cs.shape
+    for stage in range(T + 1):
+        for i in range(parts):
+            k = (p + i) % parts  # its own block first
+            if not _claim(sync, k, stage, k == p):
+                continue
+            lo, hi = k * H // parts, (k + 1) * H // parts
+            w_t = blocks[4 * H * lo : 4 * H * hi].reshape(H, 4 * (hi - lo))
+            if stage == 0:
+                _gate_columns(w, lo, hi, w_t)
+            else:
+                t = stage - 1
+                for n in range(N):
+                    _matvec_t(w_t, r2[(t + 1) % 2, n], a_h[n, 4 * lo : 4 * hi])
+                step = arrays[:8] + (r2[t % 2],) + arrays[9:]
+                _forward_rows(t, 0, N, step, opts, ln, lo, hi)
+            _done(sync, k, stage)
+
+
+@_kernel
+def _forward_sequence(arrays, opts, ln, w, blocks, r2, sync):
+    _forward_blocks(0, 1, arrays, opts, ln, w, blocks, r2, sync)
+
+
+@_kernel_parallel
+def _forward_sequence_threads(arrays, opts, ln, w, blocks, r2, sync):
+    parts = sync.shape[1]
+    for p in prange(parts):
+        _forward_blocks(p, parts, arrays, opts, ln, w, blocks, r2, sync)
+
+
+@_kernel
+def _backward_blocks(p, parts, arrays, opts, ln, scratch, w, blocks, sync):
+    """Thread ``p``'s share of the reverse loop of a whole sequence (see above): stage s
+    in 1..T is step t = T - s, which first takes ``grad_r`` = W_hh^T a^h-bar_{t+1} of its
+    units from its block's columns of W_hh (``blocks``, :func:`_unit_columns`; one block
+    reads ``w`` itself); stage T + 1 leaves W_hh^T a^h-bar_0 there, for h0's gradient.
+    ``scratch``: (1, 7H)."""
+    grad_r, grad_a_h, cs = arrays[6], arrays[10], arrays[2]
+    T, N, H = cs.shape
+    for stage in range(T + 2):
+        for i in range(parts):
+            k = (p + i) % parts
+            if not _claim(sync, k, stage, k == p):
+                continue
+            lo, hi = k * H // parts, (k + 1) * H // parts
+            w_b = w if parts == 1 else blocks[4 * H * lo : 4 * H * hi].reshape(4 * H, hi - lo)
+            t = T - stage
+            if stage == 0:
+                if parts > 1:
+                    _unit_columns(w, lo, hi, w_b)
+            else:
+                if t + 1 < T:
+                    for n in range(N):
+                        _matvec_t(w_b, grad_a_h[t + 1, n], grad_r[n, lo:hi])
+                if t >= 0:
+                    _backward_rows(t, 0, N, arrays, opts, ln, scratch[0], lo, hi)
+            _done(sync, k, stage)
+
+
+@_kernel
+def _backward_sequence(arrays, opts, ln, scratch, w, blocks, sync):
+    _backward_blocks(0, 1, arrays, opts, ln, scratch, w, blocks, sync)
+
+
+@_kernel_parallel
+def _backward_sequence_threads(arrays, opts, ln, scratch, w, blocks, sync):
+    parts = sync.shape[1]
+    for p in prange(parts):
+        _backward_blocks(p, parts, arrays, opts, ln, scratch, w, blocks, sync)
 
 
 def _np(tensor, writes: bool = False):
@@ -536,12 +683,17 @@ class LSTMCompiledFunction(torch.autograd.Function):
         arrays = (*arrays, *map(_out, (hs, cs, c_tildes, ys, r, us)))
         ln = tuple(map(_out, (a_h_hats, rstd_h, c_hats, rstd_c, a_x_hats, rstd_x)))
         ln += (_np(x.new_empty(0) if gamma_x is None else gamma_x), _np(shift))
-        parts = _parts(N)
-        w_hh_t = step_weight(weight_hh)
-        w_hr_t = step_weight(weight_hr) if proj else None
         whole = N <= SEQUENCE_ROWS and not proj  # the whole sequence in one call
         if whole:
-            _forward_sequence(arrays, opts, ln, _np(w_hh_t))
+            r2 = x.new_empty(2, N, P)
+            r2[1] = r  # r_{-1}
+            sync = new_sync(1 if use_ln else _parts(H, MIN_UNITS_PER_THREAD))
+            call = _forward_sequence_threads if sync.shape[1] > 1 else _forward_sequence
+            call(arrays, opts, ln, _np(weight_hh), np.empty(G * H, arrays[0].dtype), _out(r2), sync)
+        else:
+            parts = _parts(N)
+            w_hh_t = step_weight(weight_hh)
+            w_hr_t = step_weight(weight_hr) if proj else None
         for t in range(0 if whole else T):
             torch.mm(r, w_hh_t, out=a_h)
             if parts > 1:
@@ -583,8 +735,9 @@ class LSTMCompiledFunction(torch.autograd.Function):
         carry_c = _zeros(c0, N, H)  # what c_t gets from step t+1
         grad_u = x.new_empty(N, H if proj else 0)  # W_hr^T h~-bar_t (projection)
         grad_h_tildes = x.new_empty(T, N, P if proj else 0)  # h~-bar of every step (W_hr)
+        whole = N <= SEQUENCE_ROWS and not proj
         parts = _parts(N)
-        scratch = np.empty((parts, 7 * H), dtype=_np(gates).dtype)
+        scratch = np.empty((1 if whole else parts, 7 * H), dtype=_np(gates).dtype)
         arrays = tuple(map(_np, (gates, c0, cs, ys, grad_hs, grad_cs)))
         arrays += tuple(map(_out, (grad_r, carry_h, carry_c, grad_gates, grad_a_h)))
         arrays += (_np(c_tildes),)
@@ -594,9 +747,11 @@ class LSTMCompiledFunction(torch.autograd.Function):
         sums = np.zeros((N, width))  # per sequence: see _backward_rows
         ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c, a_x_hats, rstd_x)))
         ln += (_np(x.new_empty(0) if gamma_x is None else gamma_x), _out(grad_a_xs), sums)
-        whole = N <= SEQUENCE_ROWS and not proj
         if whole:
-            _backward_sequence(arrays, ctx.opts, ln, scratch, _np(weight_hh))
+            sync = new_sync(1 if use_ln else _parts(H, MIN_UNITS_PER_THREAD))
+            call = _backward_sequence_threads if sync.shape[1] > 1 else _backward_sequence
+            blocks = np.empty(4 * H * H, scratch.dtype)
+            call(arrays, ctx.opts, ln, scratch, _np(weight_hh), blocks, sync)
         for t in range(-1 if whole else T - 1, -1, -1):
             if proj:  # h~-bar_t, then u-bar_t = h~-bar_t W_hr
                 if parts > 1:
@@ -640,14 +795,15 @@ class LSTMCompiledFunction(torch.autograd.Function):
 
 SEQUENCE_ROWS = 1  # batch 1: one compiled call per sequence (2 rows measured slower)
 MIN_ROWS_PER_THREAD = 8  # below this a thread's share of a step is too small to pay
+MIN_UNITS_PER_THREAD = 64  # a whole sequence: the fewest units a thread's block takes
 
 
-def _parts(rows: int) -> int:
-    """How many blocks of rows a step is split into: one per thread of PyTorch's, as far
-    as Numba has threads that may run here (``numba_generate.threads_usable``: OpenMP or
-    TBB, and not in a process forked after the threads started), each of at least
-    :data:`MIN_ROWS_PER_THREAD` rows."""
-    threads = min(torch.get_num_threads(), rows // MIN_ROWS_PER_THREAD)
+def _parts(size: int, least: int = MIN_ROWS_PER_THREAD) -> int:
+    """How many blocks a step is split into (rows of a batch, or units of a whole
+    sequence): one per thread of PyTorch's, as far as Numba has threads that may run here
+    (``numba_generate.threads_usable``: OpenMP or TBB, and not in a process forked after
+    the threads started), each of at least ``least``."""
+    threads = min(torch.get_num_threads(), size // least)
     if threads < 2 or not threads_usable():
         return 1
     threads = min(threads, numba_threads())
