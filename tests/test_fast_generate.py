@@ -173,6 +173,10 @@ def test_non_finite_logits_are_an_error_on_both_paths():
     for backend in ("numba", "torch"):
         with pytest.raises(ValueError, match="not finite at generated token 0"):
             model.generate([1], 5, backend=backend)
+    for threads in (1, 2, 3):  # the threads leave their shared loop together
+        noise = backends.race_noise(5, 11, torch.Generator().manual_seed(4), chunk=64)
+        with pytest.raises(ValueError, match="not finite at generated token 0"):
+            numba_generate.generate(model, [1, 2], 5, 1.0, noise, threads=threads)
 
 
 def test_cache_falls_back_to_memory_when_no_cache_directory_is_writable(monkeypatch):

@@ -53,11 +53,13 @@ lets LLVM vectorise each gate loop.
 
 Threads.  The gate columns are stored unit by unit (:func:`column_order`), so the columns
 of a block of units are one contiguous range of every weight row, and
-:func:`_layer_threads` gives each thread a block of units: it reads only its share of the
-weights and computes its units' gates.  Every value is computed by the same operations
-in the same order as on one thread, so the tokens do not depend on the thread count;
-:func:`loop_threads` picks it (all of Numba's threads, at least
-:data:`MIN_UNITS_PER_THREAD` units each).
+:func:`_blocks_of_chunk` gives each thread a block of units: it reads only its share of the
+weights and computes its units' gates.  A whole chunk of tokens is one parallel region,
+in which the threads meet after each layer (``numba_math._claim``: spinning on shared
+counters, about 0.1 µs, where a parallel region per layer cost 4-11 µs).  Every value is
+computed by the same operations in the same order as on one thread, so the tokens do not
+depend on the thread count; :func:`loop_threads` picks it (all of Numba's threads, at
+least :data:`MIN_UNITS_PER_THREAD` units each).
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ import torch
 
 from rnnlab.backends import nonfinite_message
 from rnnlab.backends.numba_math import (  # noqa: F401 (_tanh_rational: the tests' handle)
+    _claim,
+    _done,
     _jit,
     _sigmoid,
     _tanh,
@@ -86,7 +90,7 @@ from rnnlab.backends.numba_math import (  # noqa: F401 (_tanh_rational: the test
 LSTM, GRU, GRU_CHO, ELMAN, PASCANU = 0, 1, 2, 3, 4
 TANH, SIGMOID, RELU = 0, 1, 2
 ACTIVATIONS = {"tanh": TANH, "sigmoid": SIGMOID, "relu": RELU}
-MIN_UNITS_PER_THREAD = 128  # measured: 2 threads lose at hidden 128, win from 256
+MIN_UNITS_PER_THREAD = 64  # measured: 2 threads win at hidden 128 since the chunk is one region
 CHUNK = 4096  # tokens sampled per compiled call: bounds the noise buffer (CHUNK x V float64)
 
 
@@ -276,35 +280,79 @@ def _layer_serial(cell, act, k, token, table, wih_b, bih, whh_b, bhh, h, c, ys, 
     h[k, :] = hnew
 
 
-@_jit_parallel
-def _layer_threads(cell, act, k, token, table, wih_b, bih, whh_b, bhh, h, c, ys, scratch, parts):
-    """:func:`_layer_serial` with the units split into ``parts`` blocks, one per thread.
+@_jit
+def _blocks_of_chunk(p, parts, cell, act, table, wih_b, bih, whh_b, bhh, head_t, head_b, h, c,
+                     feed, q, temperature, out, scratch, ys, logits, sync, status):  # fmt: skip
+    """Thread ``p``'s share of :func:`_generate_chunk` on ``parts`` threads, in one
+    parallel region (:func:`_chunk_threads`).
 
-    Each thread reads only its units' columns of the (transposed) weights, so at batch 1,
-    where a step is bound by reading the weights, the threads share the reading.  Every
-    value is computed by the same operations in the same order as on one thread, so the
-    results are identical.  Pascanu and Cho forms need all units' first pass before any
-    second pass: two parallel regions, the end of the first being the barrier.
-    """
+    Block b is units ``b H // parts`` to ``(b + 1) H // parts`` of every layer; each thread
+    reads only its block's columns of the weights.  The threads meet after every layer of
+    every token (``numba_math._claim``; twice per layer for the Pascanu and Cho forms, whose
+    second product needs every unit's first pass), and once more per token, where each
+    block copies its units' new states into ``h`` (no thread reads ``h[k]`` again before
+    the next token) and block 0 computes the logits and samples.  Every value is computed
+    by the same operations in the same order as on one thread, so the tokens are the same.
+    ``scratch``: (gi, gh, tmp, hnew), hnew (L, H); ``status[0]``: as the return value of
+    :func:`_generate_chunk`."""
+    num_layers, H = h.shape
     gi, gh, tmp, hnew = scratch
-    H = h.shape[1]
-    if cell == PASCANU or cell == GRU_CHO:
-        for p in numba.prange(parts):
-            lo, hi = p * H // parts, (p + 1) * H // parts
-            _units_first(
-                cell, act, k, token, table, wih_b, bih, whh_b, bhh, h, ys, gi, gh, tmp, lo, hi
-            )
-        for p in numba.prange(parts):
-            lo, hi = p * H // parts, (p + 1) * H // parts
-            _units_second(cell, act, k, whh_b, bhh, h, c, ys, gi, gh, tmp, hnew, lo, hi)
-    else:
-        for p in numba.prange(parts):
-            lo, hi = p * H // parts, (p + 1) * H // parts
-            _units_first(
-                cell, act, k, token, table, wih_b, bih, whh_b, bhh, h, ys, gi, gh, tmp, lo, hi
-            )
-            _units_second(cell, act, k, whh_b, bhh, h, c, ys, gi, gh, tmp, hnew, lo, hi)
-    h[k, :] = hnew
+    V = head_b.shape[0]
+    no_noise = np.empty(0, np.float64)
+    two = cell == PASCANU or cell == GRU_CHO
+    fed = feed.shape[0]
+    stage = 0
+    for t in range(fed + out.shape[0] - 1):
+        token = feed[t] if t < fed else out[t - fed]
+        for k in range(num_layers):
+            for half in range(2 if two else 1):
+                for n in range(parts):
+                    b = (p + n) % parts  # its own block first
+                    if not _claim(sync, b, stage, b == p):
+                        continue
+                    lo, hi = b * H // parts, (b + 1) * H // parts
+                    if half == 0:
+                        _units_first(
+                            cell, act, k, token, table, wih_b, bih, whh_b, bhh, h, ys, gi, gh,
+                            tmp, lo, hi,
+                        )  # fmt: skip
+                    if half == 1 or not two:
+                        _units_second(
+                            cell, act, k, whh_b, bhh, h, c, ys, gi, gh, tmp, hnew[k], lo, hi
+                        )
+                    _done(sync, b, stage)
+                stage += 1
+        i = t + 1 - fed  # the token this step's output predicts
+        for n in range(parts):
+            b = (p + n) % parts
+            if not _claim(sync, b, stage, b == p):
+                continue
+            lo, hi = b * H // parts, (b + 1) * H // parts
+            for k in range(num_layers):
+                h[k, lo:hi] = hnew[k, lo:hi]
+            if b == 0 and i >= 0:
+                _matvec_t(head_t, ys[num_layers - 1], logits)
+                for v in range(V):
+                    logits[v] += head_b[v]
+                out[i] = _sample(logits, no_noise if q.shape[0] == 0 else q[i], temperature)
+                if out[i] < 0:
+                    status[0] = i
+            _done(sync, b, stage)
+        stage += 1
+        if status[0] >= 0:  # every block of the stage is done: its writes are seen
+            return
+
+
+@_jit_parallel
+def _chunk_threads(cell, act, table, wih_b, bih, whh_b, bhh, head_t, head_b, h, c, feed, q,
+                   temperature, out, scratch, ys, logits, sync, status):  # fmt: skip
+    """:func:`_blocks_of_chunk` on ``sync.shape[1]`` threads."""
+    parts = sync.shape[1]
+    for p in numba.prange(parts):
+        _blocks_of_chunk(
+            p, parts, cell, act, table, wih_b, bih, whh_b, bhh, head_t, head_b, h, c, feed, q,
+            temperature, out, scratch, ys, logits, sync, status,
+        )  # fmt: skip
 
 
 @_jit
@@ -357,33 +405,42 @@ def _generate_chunk(
     """Feed the tokens ``feed`` (the prime, or the last token sampled), then sample
     ``len(out)`` >= 1 tokens, feeding each back but the last.  Greedy when ``q`` has no
     rows, else row i of ``q`` is token i's noise.  ``parts``: None runs on this thread; a
-    number splits each layer's units over that many threads (:func:`_layer_threads`; the
-    same results).  Numba prunes the ``parts is None`` test while compiling, so the
+    number splits each layer's units over that many threads (:func:`_blocks_of_chunk`;
+    the same results).  Numba prunes the ``parts is None`` test while compiling, so the
     one-thread loop is compiled without the parallel one (which more than doubles the
     compile time) and each is cached apart.  Returns -1, or the index in ``out`` whose
     logits were not finite (sampling stops there)."""
     num_layers, H = h.shape
     G = bhh.shape[1]
     V = head_b.shape[0]
+    ys = np.empty((num_layers, H), h.dtype)  # each layer's output at this token
+    logits = np.empty(V, h.dtype)
+    if parts is not None:
+        status = np.full(1, -1, np.int64)
+        scratch = (
+            np.empty(G, h.dtype),
+            np.empty(G, h.dtype),
+            np.empty(H, h.dtype),
+            np.empty((num_layers, H), h.dtype),
+        )
+        sync = np.full((2, parts), -1, np.int64)  # numba_math.new_sync
+        _chunk_threads(
+            cell, act, table, wih_b, bih, whh_b, bhh, head_t, head_b, h, c, feed, q,
+            temperature, out, scratch, ys, logits, sync, status,
+        )  # fmt: skip
+        return status[0]
     scratch = (
         np.empty(G, h.dtype),
         np.empty(G, h.dtype),
         np.empty(H, h.dtype),
         np.empty(H, h.dtype),
     )
-    ys = np.empty((num_layers, H), h.dtype)  # each layer's output at this token
-    logits = np.empty(V, h.dtype)
     no_noise = np.empty(0, np.float64)
     fed = feed.shape[0]
     for t in range(fed + out.shape[0] - 1):
         token = feed[t] if t < fed else out[t - fed]
         for k in range(num_layers):
-            if parts is not None:
-                _layer_threads(
-                    cell, act, k, token, table, wih_b, bih, whh_b, bhh, h, c, ys, scratch, parts
-                )
-            else:
-                _layer_serial(cell, act, k, token, table, wih_b, bih, whh_b, bhh, h, c, ys, scratch)
+            _layer_serial(cell, act, k, token, table, wih_b, bih, whh_b, bhh, h, c, ys, scratch)
         i = t + 1 - fed  # the token this step's output predicts
         if i < 0:
             continue
@@ -535,7 +592,7 @@ def column_order(cell: int, gates: int, hidden: int) -> np.ndarray:
 def column_blocks(cell: int, gates: int, hidden: int, parts: int) -> list[tuple[int, int]]:
     """The column ranges (in :func:`column_order`) that each thread's products read, in
     column order: thread p owns units ``p H // parts`` to ``(p + 1) H // parts``, the same
-    split as :func:`_layer_threads`.  Cho's GRU: the r, z blocks, then the n blocks.
+    split as :func:`_blocks_of_chunk`.  Cho's GRU: the r, z blocks, then the n blocks.
 
     >>> column_blocks(LSTM, 4, 6, 2)
     [(0, 12), (12, 24)]
