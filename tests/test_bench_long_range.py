@@ -171,3 +171,26 @@ def test_results_follow_the_grid_order(tmp_path):
     write_results(tmp_path, grid, rows)
     saved = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [cell_key(r) for r in saved] == cells + [("adding", 7, "sgd", 0)]
+
+
+def test_a_results_file_from_another_budget_is_refused(tmp_path):
+    """Cells are skipped when results.json has them; that is only right for the same
+    budget.  A grid with another one is refused in one line (it used to report the old
+    results as the new run's, or mix budgets in one table)."""
+    import json
+
+    from rnnlab.bench.long_range import Grid, run_grid
+    from rnnlab.errors import UserError
+
+    def grid(updates):
+        return Grid(("adding",), (10,), ("lstm-adam",), 1, updates, 10)
+
+    row = {"task": "adding", "length": 10, "method": "lstm-adam", "seed": 0, "solved": False,
+           "updates_to_success": None, "updates": 50, "test_error": 0.5, "seconds": 1.0,
+           "skipped_updates": 0, "history": []}  # fmt: skip
+    stored = {"grid": {"max_updates": 50, "eval_interval": 10, "max_time": None}, "rows": [row]}
+    (tmp_path / "results.json").write_text(json.dumps(stored))
+    with pytest.raises(UserError, match="max_updates 50.*asks for max_updates 80"):
+        run_grid(grid(80), tmp_path, progress=False, log=lambda m: None)
+    rows = run_grid(grid(50), tmp_path, progress=False, log=lambda m: None)  # nothing to run
+    assert rows == [row]

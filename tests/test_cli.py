@@ -419,3 +419,61 @@ def test_bench_shapes_with_an_empty_entry(capsys):
     for shapes in ("", "1,,2"):
         code, _, err = run_cli(capsys, "bench", "speed", "--quick", "--shapes", shapes)
         assert_one_line_error(code, err, "empty entry")
+
+
+def test_a_task_model_is_named_as_such(capsys, tmp_path):
+    """A checkpoint of ``rnnlab task`` is complete, just not a language model: sample,
+    eval, diagnose and --resume say so (they said "incomplete checkpoint").  A directory
+    of run directories (a task with several models) names them."""
+    import torch
+
+    from rnnlab.training.checkpoint import save_model
+
+    run = tmp_path / "addition"
+    save_model(run / "best", torch.nn.Linear(2, 2), "seq2seq-addition", {"spec": 1})
+    save_model(run / "last", torch.nn.Linear(2, 2), "seq2seq-addition", {"spec": 1})
+    for argv in (("sample", run), ("eval", run), ("diagnose", run)):
+        code, _, err = run_cli(capsys, *argv)
+        assert_one_line_error(code, err, "'seq2seq-addition' model from 'rnnlab task'")
+    for seed in (1, 2):
+        save_model(tmp_path / "digits" / f"seed-{seed}" / "best", torch.nn.Linear(2, 2), "k", {})
+    code, _, err = run_cli(capsys, "sample", tmp_path / "digits")
+    assert_one_line_error(code, err, "holds run directories", "digits/seed-1")
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (("bench", "speed", "--sections", ""), "--sections needs at least one value"),
+        (("bench", "speed", "--gen-hidden", "abc"), "--gen-hidden takes whole numbers"),
+        (("bench", "long-range", "--lengths", "abc"), "--lengths takes whole numbers"),
+        (("bench", "long-range", "--tasks", ","), "--tasks needs at least one value"),
+        (("bench", "speed", "--shapes", "0x10x8x16x1"), "every size in a shape must be at least 1"),
+        (("train", "--bogus", "1"), "rnnlab train: error: unrecognized arguments: --bogus 1"),
+        (("bench", "speed", "--zz"), "see 'rnnlab bench speed --help'"),
+    ],
+)
+def test_list_options_and_unknown_flags_are_one_line_errors(capsys, argv, fragment):
+    """An empty list is refused (it used to mean "all"), a non-number names its option,
+    and an unknown flag points to the help of the subcommand it was given to."""
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_teacher_forcing_schedules_take_their_own_default_k(capsys, corpus, tmp_path):
+    """``--teacher-forcing exponential`` alone used to fail (k defaulted to 1 for every
+    schedule) and inverse_sigmoid alone fell to no teacher forcing within 5 updates."""
+    from dataclasses import replace
+
+    from rnnlab.training.schedules import TeacherForcing
+
+    chosen = replace(TeacherForcing(), schedule="exponential")  # as a flag changes a config
+    assert chosen.k_in_effect == 0.999 and 0.36 < chosen.probability(1000) < 0.37
+    assert TeacherForcing("inverse_sigmoid").probability(1000) > 0.98
+    assert TeacherForcing("linear", k=0.5).probability(0) == 0.5
+    code, out, err = run_cli(
+        capsys, "train", "--data", corpus, *TINY, "--cell", "jordan", "--hidden", "8",
+        "--teacher-forcing", "exponential", "--max-steps", "2", "--sample-length", "0",
+        "--out", tmp_path / "jordan",
+    )  # fmt: skip
+    assert code == 0, err

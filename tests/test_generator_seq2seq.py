@@ -462,3 +462,18 @@ def test_task_command_bad_beam_is_a_one_line_error(capsys):
         main(["task", "addition", "--beam", "0"])
     assert exit_info.value.code == 2
     assert "--beam" in capsys.readouterr().err
+
+
+def test_sequences_per_update_count_the_batches_really_taken():
+    """Throughput counts what an update takes: 10 examples in batches of 4 are 3 updates
+    an epoch, 10/3 sequences each on average; a batch larger than the training set takes
+    all of it, and the task says so once in the log (``note``)."""
+    examples = [Example(torch.eye(10)[k], torch.tensor([1, 2])) for k in range(10)]
+
+    def task(batch_size):
+        return SupervisedTask(examples, [], batch_size, collate, loss_fn, None, seed=0)
+
+    assert task(4).tokens_per_update == pytest.approx(10 / 3) and task(4).note is None
+    big = task(1000)
+    assert big.tokens_per_update == 10
+    assert "batch size (1,000) is larger than the training set (10 sequences)" in big.note

@@ -37,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import rnnlab
+from rnnlab.errors import UserError
 from rnnlab.init import Init
 from rnnlab.tasks import Batch, Task, make_task
 from rnnlab.training.config import OptimConfig, OutputConfig, TrainConfig
@@ -272,6 +273,13 @@ def cell_key(row: dict) -> tuple:
     return (row["task"], row["length"], row["method"], row["seed"])
 
 
+SETTINGS = ("max_updates", "eval_interval", "max_time")  # what makes two cells' rows comparable
+
+
+def _settings_text(settings: dict) -> str:
+    return ", ".join(f"{k} {settings.get(k)}" for k in SETTINGS)
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     """One line per (task, length, method): success rate and median updates to success."""
     groups: dict[tuple, list[dict]] = {}
@@ -341,11 +349,23 @@ class Grid:
 
 def run_grid(grid: Grid, out: Path, progress: bool = True, log=print) -> list[dict]:
     """Run every cell not already in ``out/results.json``; rewrite it and ``results.md``
-    after each cell.  Returns all rows."""
+    after each cell.  Returns all rows.  The cells already there must have been trained
+    with the grid's budget (:data:`SETTINGS`), else a UserError says so."""
     grid.check()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    stored = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    rows = stored["rows"]
+    wanted = {k: getattr(grid, k) for k in SETTINGS}
+    earlier = {k: stored.get("grid", {}).get(k) for k in SETTINGS}  # files before "settings"
+    for row in rows:
+        have = row.get("settings", earlier)
+        if have != wanted:
+            raise UserError(
+                f"{path} holds cells trained with {_settings_text(have)}; this grid asks for "
+                f"{_settings_text(wanted)}, and the two would not compare: give another --out, "
+                "or the same budget to add cells to it"
+            )
     done = {cell_key(r) for r in rows}
     todo = [c for c in grid.cells() if c not in done]
     if done:
@@ -356,6 +376,7 @@ def run_grid(grid: Grid, out: Path, progress: bool = True, log=print) -> list[di
         row = run_cell(
             task, length, method, seed, grid.max_updates, grid.eval_interval, out, grid.max_time
         )
+        row["settings"] = wanted
         rows.append(row)
         outcome = f"solved at {row['updates_to_success']}" if row["solved"] else "not solved"
         err = row["test_error"]

@@ -96,11 +96,13 @@ def parse_shapes(text: str | None) -> tuple[Shape, ...]:
             raise ValueError(f"--shapes has an empty entry: {text!r}")
         if "x" in part:
             values = part.split("x")
-            if len(values) != 5 or not all(v.isdigit() and int(v) > 0 for v in values):
+            if len(values) != 5 or not all(v.isdigit() for v in values):
                 raise ValueError(
                     f"a shape is batch x steps x input x hidden x layers, e.g. 50x50x65x128x2;"
                     f" got {part!r}"
                 )
+            if not all(int(v) > 0 for v in values):
+                raise ValueError(f"every size in a shape must be at least 1; got {part!r}")
             shapes.append(Shape(*(int(v) for v in values)))
         elif part.isdigit() and 1 <= int(part) <= len(SHAPES):
             shapes.append(SHAPES[int(part) - 1])

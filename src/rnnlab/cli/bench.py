@@ -12,8 +12,24 @@ from rnnlab.errors import UserError
 HELP = "run a benchmark (rnnlab bench long-range --help, rnnlab bench speed --help)"
 
 
-def _list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+def _list(text: str | None, option: str, default: tuple) -> tuple:
+    """The comma-separated values given to ``option``, or ``default`` where it was not
+    given; a list with no value in it is refused (it would otherwise mean "all")."""
+    if text is None:
+        return tuple(default)
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not values:
+        raise UserError(f"{option} needs at least one value; got {text!r}")
+    return values
+
+
+def _ints(text: str | None, option: str, default: tuple) -> tuple[int, ...]:
+    """:func:`_list` of whole numbers."""
+    values = _list(text, option, default)
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise UserError(f"{option} takes whole numbers separated by commas; got {text!r}") from None
 
 
 def add_arguments(p) -> None:
@@ -107,11 +123,11 @@ def run_speed(a) -> int:
 
     try:
         settings = Settings(
-            sections=tuple(_list(a.sections)) if a.sections else SECTIONS,
+            sections=_list(a.sections, "--sections", SECTIONS),
             shapes=parse_shapes(a.shapes),
             repeats=a.repeats or (1 if a.quick else 5),
             gen_threads=a.gen_threads or (os.cpu_count() or 1),
-            gen_hidden=tuple(int(h) for h in _list(a.gen_hidden)) if a.gen_hidden else GEN_HIDDEN,
+            gen_hidden=_ints(a.gen_hidden, "--gen-hidden", GEN_HIDDEN),
             gen_chars=a.gen_chars or (40 if a.quick else 400),
         )
         if a.quick:
@@ -141,13 +157,12 @@ def run_long_range(a) -> int:
         return 0
     try:
         max_updates, interval = parse_budget(a.budget)
-        lengths = tuple(int(x) for x in _list(a.lengths)) if a.lengths else QUICK_GRID["lengths"]
     except ValueError as exc:
         raise UserError(f"{exc}") from None
     grid = Grid(
-        tasks=tuple(_list(a.tasks)) if a.tasks else tuple(QUICK_GRID["tasks"]),
-        lengths=tuple(lengths),
-        methods=tuple(_list(a.methods)) if a.methods else tuple(QUICK_GRID["methods"]),
+        tasks=_list(a.tasks, "--tasks", QUICK_GRID["tasks"]),
+        lengths=_ints(a.lengths, "--lengths", QUICK_GRID["lengths"]),
+        methods=_list(a.methods, "--methods", QUICK_GRID["methods"]),
         seeds=a.seeds or QUICK_GRID["seeds"],
         max_updates=max_updates,
         eval_interval=a.eval_interval or interval,

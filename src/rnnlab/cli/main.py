@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rnnlab import __version__
@@ -29,11 +30,24 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named after the subcommand that was given them, not after "rnnlab"
+        command = " ".join(
+            ["rnnlab", args.command, *([args.bench] if args.command == "bench" else [])]
+        )
+        parser.exit(
+            2,
+            f"{command}: error: unrecognized arguments: {' '.join(extra)} "
+            f"(see '{command} --help')\n",
+        )
     try:
         return COMMANDS[args.command].run(args)
     except UserError as exc:
         fail(str(exc))
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:  # a file or directory the user named that cannot be used
         where = f"{exc.filename}: " if exc.filename else ""
         fail(f"{where}{exc.strerror or exc}")

@@ -253,7 +253,8 @@ FLAGS = [
         "--tf-k",
         ("teacher", "k"),
         dict(type=positive_float, metavar="X"),
-        "k of the linear (start), exponential (base) or inverse_sigmoid schedule",
+        "k of the linear (start), exponential (base) or inverse_sigmoid schedule (default: "
+        "1, 0.999, 500)",
     ),
     (
         "--tf-c",
@@ -296,7 +297,7 @@ FLAGS = [
         "--sample-length",
         ("output", "sample_length"),
         dict(type=nonnegative_int, metavar="N"),
-        "tokens sampled at each validation",
+        "tokens sampled at each validation (the sample after training: twice as many; 0: none)",
     ),
     (
         "--seed",
@@ -419,9 +420,5 @@ def run(a) -> int:
     if result.steps and config.output.sample_length > 0:
         model, vocab, _, _ = load_checkpoint(result.out / "best")
         print(f"--- sample from {result.out / 'best'} ---")
-        print(
-            sample_text(
-                model, vocab, max(config.output.sample_length, 200) * 2, seed=config.output.seed
-            )
-        )
+        print(sample_text(model, vocab, 2 * config.output.sample_length, seed=config.output.seed))
     return 0

@@ -308,11 +308,8 @@ def add_common_arguments(p: argparse.ArgumentParser, d: Defaults, data=None) -> 
     p.set_defaults(default_max_steps=d.max_steps, default_max_time=d.max_time)
 
 
-TF_K_DEFAULTS = {"linear": 1.0, "exponential": 0.999, "inverse_sigmoid": 500.0}
-
-
 def teacher_config(args) -> TeacherForcing:
-    k = args.tf_k if args.tf_k is not None else TF_K_DEFAULTS.get(args.teacher_forcing, 1.0)
+    k = args.tf_k  # None: the schedule's default (TF_K_DEFAULTS)
     try:
         return TeacherForcing(args.teacher_forcing, k=k, c=args.tf_c, min_p=args.tf_min)
     except ValueError as exc:

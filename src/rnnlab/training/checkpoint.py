@@ -156,12 +156,33 @@ def resolve(path: str | Path) -> Path:
     for name in ("best", "last", ".best.old", ".last.old"):
         if (path / name / "checkpoint.json").exists():
             return path / name
+    inside = sorted(
+        sub.name for sub in path.iterdir() if sub.is_dir() and any(sub.glob("*/checkpoint.json"))
+    )
+    if inside:  # e.g. a task run with several models, one run directory each
+        listed = ", ".join(f"{path / name}" for name in inside[:4]) + (", ..." * (len(inside) > 4))
+        raise UserError(f"{path} holds run directories, not a checkpoint: name one ({listed})")
     raise UserError(f"not an rnnlab checkpoint or run directory (no checkpoint.json): {path}")
+
+
+def _refuse_task_models(directory: Path) -> None:
+    """A checkpoint of ``rnnlab task`` (it names its ``kind``) is not a language model: say
+    so, rather than that its language-model files are missing."""
+    try:
+        info = json.loads((directory / "checkpoint.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # load_checkpoint reports it
+    if isinstance(info, dict) and info.get("kind"):
+        raise UserError(
+            f"{directory} holds a {info['kind']!r} model from 'rnnlab task'; sample, eval, "
+            "diagnose and train --resume take a language model from 'rnnlab train'"
+        )
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu"):
     """Load ``(model, vocab, config, info)``; :class:`UserError` explains any problem."""
     directory = resolve(path)
+    _refuse_task_models(directory)
     missing = [f for f in FILES if not (directory / f).exists()]
     if missing:
         raise UserError(f"incomplete checkpoint {directory}: missing {', '.join(missing)}")

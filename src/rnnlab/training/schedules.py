@@ -27,6 +27,9 @@ import torch
 
 LR_SCHEDULES = ("constant", "step", "cosine", "plateau")
 TEACHER_SCHEDULES = ("always", "never", "linear", "exponential", "inverse_sigmoid")
+# k where none is given: start at 1 (linear), decay 0.1% per update (exponential), or stay
+# near 1 for about 1,000 updates and fall to 0.5 at about 3,100 (inverse_sigmoid)
+TF_K_DEFAULTS = {"linear": 1.0, "exponential": 0.999, "inverse_sigmoid": 500.0}
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ class TeacherForcing:
     """Probability of feeding the true previous token, by update number (see module doc)."""
 
     schedule: str = "always"
-    k: float = 1.0
+    k: float | None = None  # None: the schedule's own default (TF_K_DEFAULTS)
     c: float = 1e-4
     min_p: float = 0.0
 
@@ -122,15 +125,21 @@ class TeacherForcing:
                 f"teacher forcing schedule must be one of {', '.join(TEACHER_SCHEDULES)}; "
                 f"got {self.schedule!r}"
             )
-        if self.schedule == "exponential" and not 0 < self.k < 1:
+
+        if self.schedule == "exponential" and not 0 < self.k_in_effect < 1:
             raise ValueError(f"the exponential schedule needs 0 < k < 1; got {self.k}")
-        if self.schedule == "inverse_sigmoid" and self.k < 1:
+        if self.schedule == "inverse_sigmoid" and self.k_in_effect < 1:
             raise ValueError(f"the inverse_sigmoid schedule needs k >= 1; got {self.k}")
         if not 0 <= self.min_p <= 1:
             raise ValueError(f"min_p must be in [0, 1]; got {self.min_p}")
 
+    @property
+    def k_in_effect(self) -> float:
+        """``k``, or the schedule's default (:data:`TF_K_DEFAULTS`) where it is None."""
+        return TF_K_DEFAULTS.get(self.schedule, 1.0) if self.k is None else self.k
+
     def probability(self, step: int) -> float:
-        s, k = self.schedule, self.k
+        s, k = self.schedule, self.k_in_effect
         if s == "always":
             return 1.0
         if s == "never":

@@ -74,8 +74,20 @@ class SupervisedTask:
         return math.ceil(len(self.train) / self.batch_size)
 
     @property
-    def tokens_per_update(self) -> int:
-        return self.batch_size
+    def tokens_per_update(self) -> float:
+        """Sequences per update, on average over an epoch (the last batch of an epoch
+        takes what is left; a batch larger than the training set takes all of it)."""
+        return len(self.train) / self.updates_per_epoch
+
+    @property
+    def note(self) -> str | None:
+        """A line for the log where the batch is larger than the training set."""
+        if self.batch_size <= len(self.train):
+            return None
+        return (
+            f"note: the batch size ({self.batch_size:,}) is larger than the training set "
+            f"({len(self.train):,} sequences): every update takes all of them"
+        )
 
     @property
     def has_validation(self) -> bool:

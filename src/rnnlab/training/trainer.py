@@ -516,6 +516,9 @@ class Trainer:
                 previous_term = signal.signal(signal.SIGTERM, self._on_sigterm)
         if o.precision != "float32":
             report(f"precision: {self.precision.reason}")
+        note = getattr(self.task, "note", None)  # what the task wants the user to know
+        if note:
+            report(note)
         if self.average is not None:
             report(
                 f"validating an exponential moving average of the weights (decay {o.ema}); "
@@ -591,7 +594,7 @@ class Trainer:
             )
         return TrainResult(
             steps=self.step,
-            tokens=self.step * self.task.tokens_per_update,
+            tokens=round(self.step * self.task.tokens_per_update),
             train_seconds=self.train_seconds,
             best_val_loss=self.best,
             last_val_loss=self.last_val,
