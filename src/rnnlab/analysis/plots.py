@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from rnnlab.analysis.gradients import GradientFlow
 from rnnlab.analysis.jacobians import JacobianProducts
@@ -36,10 +37,17 @@ def _figure(width: float = 7.0, height: float = 4.6, cols: int = 1, rows: int = 
     return fig, axes
 
 
+def _steps_axis(axis) -> None:
+    """Whole numbers only on an axis of steps (short sequences got ticks at 2.5, 7.5)."""
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(fig: Figure, path) -> Figure:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    # "tight": a legend anchored outside the axes (eigenvalues) is kept whole, as is a
+    # title that the equal aspect pushed up
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.08)
     return fig
 
 
@@ -89,6 +97,7 @@ def plot_gradient_norms(
         ax.set_yscale("log")
         ax.set_title(panel)
         ax.set_xlabel(DISTANCE_LABEL)
+        _steps_axis(ax.xaxis)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel(
@@ -285,7 +294,9 @@ def plot_heatmap(matrix: np.ndarray, path, title: str) -> Figure:
     )
     ax.plot([1, T], [1, T], color="tab:cyan", lw=1.2, ls="--", label="k = t: the loss's own step")
     ax.set_xlabel("state step k (steps)")
+    _steps_axis(ax.xaxis)
     ax.set_ylabel("loss step t (steps)")
+    _steps_axis(ax.yaxis)
     ax.set_title(title + "\n(blank where k > t: a later state cannot change E_t)", fontsize=10)
     ax.set_xlim(-0.5, K - 0.5)
     ax.set_ylim(0.5, T + 0.5)
@@ -317,6 +328,7 @@ def plot_jacobian_products(products: Mapping[str, JacobianProducts], path, title
             )
     ax.set_yscale("log")
     ax.set_xlabel("lag t − k (steps)")
+    _steps_axis(ax.xaxis)
     ax.set_ylabel("singular values of ∂s_t/∂s_k (log scale)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -348,12 +360,14 @@ def plot_power_method(runs: Mapping[str, PowerIteration], path, title: str) -> F
         ax2.plot(t, pm.alignment, color=f"C{i}", lw=2, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("step t")
+    _steps_axis(ax.xaxis)
     ax.set_ylabel("‖h_t‖ (log scale)")
     ax.set_title("Norm of h_t = (W^t)ᵀ h_0")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax2.set_ylim(0, 1.05)
     ax2.set_xlabel("step t")
+    _steps_axis(ax2.xaxis)
     ax2.set_ylabel("|cos| between h_t and the leading eigenspace")
     ax2.set_title("h_t turns towards the leading eigenvector\n(slowly when |λ₂| is close to |λ₁|)")
     ax2.grid(True, alpha=0.3)
@@ -395,6 +409,7 @@ def plot_training_curves(
             ax.set_yscale("log")
         ax.set_title(panel)
         ax.set_xlabel("update (steps of gradient descent)")
+        _steps_axis(ax.xaxis)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel(ylabel)

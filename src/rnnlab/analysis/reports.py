@@ -158,6 +158,11 @@ LEARNT = 0.9  # accuracy on a fresh batch from which a run counts as having lear
 MEASURE_SEED = 10_000  # offset of the seed of the batch that gradients are measured on
 
 
+def _count(n: int, noun: str) -> str:
+    """``n`` and the noun, singular for 1: "1 seed", "3 seeds"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def seed_list(seed: int, seeds: int) -> list[int]:
     """The seeds of the training runs: ``seed``, ``seed + 1``, ..., ``seeds`` of them."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -196,7 +201,7 @@ def _learnt(accuracies: list[float]) -> str:
 def _seeds_caption(seeds: list[int]) -> str:
     first = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
     return (
-        f"{len(seeds)} training runs per row ({first}, each its own initial weights and "
+        f"{_count(len(seeds), 'training run')} per row ({first}, each its own initial weights and "
         f"batches; backend {BACKEND!r}); a 'per seed' column lists every run in seed "
         f"order, any other number is the median over the runs; accuracy on a fresh batch "
         f"of 512, and 'learnt' counts the runs with accuracy ≥ {LEARNT:.0%}"
@@ -252,7 +257,7 @@ def _plot_seed_flows(panels: dict[str, dict[str, list]], path: Path, title: str)
     # Each further title line takes height from the axes; give it back, so the long
     # y label still fits beside them.
     fig.set_figheight(fig.get_figheight() + 0.25 * title.count("\n"))
-    fig.savefig(path, dpi=plots.DPI)
+    plots._save(fig, path)
 
 
 def _plot_seed_curves(panels: dict[str, dict[str, list]], path: Path, title: str, **kw) -> None:
@@ -260,7 +265,7 @@ def _plot_seed_curves(panels: dict[str, dict[str, list]], path: Path, title: str
     flat, owner = _seed_panels(panels)
     fig = plots.plot_training_curves(flat, path, title, **kw)
     _recolour(fig, owner)
-    fig.savefig(path, dpi=plots.DPI)
+    plots._save(fig, path)
 
 
 def _seeds_note(seeds: list[int]) -> str:
@@ -385,7 +390,7 @@ def vanishing(
         panels,
         f[-1],
         f"Gradient norm through time, recall task, T = {train_length}, loss at the last step\n"
-        f"{len(runs_seeds)} seeds per cell ({_seeds_note(runs_seeds)})",
+        f"{_count(len(runs_seeds), 'seed')} per cell ({_seeds_note(runs_seeds)})",
     )
     f.append(out / "activations.png")
     plots.plot_activation_derivatives(f[-1])

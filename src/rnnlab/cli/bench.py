@@ -51,12 +51,20 @@ def add_arguments(p) -> None:
     lr.add_argument(
         "--budget",
         default="quick",
-        help="quick (3,000 updates per cell), paper (250,000) or a number of updates",
+        help="quick (3,000 updates per cell), paper (250,000) or a number of updates "
+        "(default: quick)",
     )
-    lr.add_argument("--eval-interval", type=positive_int, help="updates between test checks")
+    lr.add_argument(
+        "--eval-interval",
+        type=positive_int,
+        help="updates between test checks (default: the budget's: 250 for quick, 1,000 for paper, "
+        "else a quarter of it, at most 250)",
+    )
     lr.add_argument("--max-time", type=positive_float, help="seconds per cell (default: none)")
     lr.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
-    lr.add_argument("--out", default="runs/bench-long-range", help="output directory")
+    lr.add_argument(
+        "--out", default="runs/bench-long-range", help="output directory (default: %(default)s)"
+    )
     lr.add_argument("--list", action="store_true", help="list tasks and methods and exit")
     lr.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_speed_arguments(sub)
@@ -109,7 +117,9 @@ def _add_speed_arguments(sub) -> None:
         type=positive_int,
         help="characters generated per timed run (default: 400)",
     )
-    sp.add_argument("--out", default="runs/bench-speed", help="output directory")
+    sp.add_argument(
+        "--out", default="runs/bench-speed", help="output directory (default: %(default)s)"
+    )
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

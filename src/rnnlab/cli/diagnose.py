@@ -228,7 +228,8 @@ def run_model(a) -> int:
     d = diagnose(model, windows, out=out, title=title)
     seconds = time.perf_counter() - start
     print(
-        f"{title}: {a.batch} sequences of {length} tokens; loss at the last step "
+        f"{title}: {a.batch} sequence{'s' * (a.batch != 1)} of {length} tokens; loss at the "
+        "last step "
         f"(log-rate: slope of ln‖dE/dh_k‖ per step back in time; negative = vanishing)"
     )
     print()
