@@ -527,7 +527,7 @@ def test_japanese_vowels_on_all_training_data_with_averaged_weights(capsys, tmp_
     )
     assert code == 0, stdout
     assert "270 training, 0 validation, 370 test sequences of 12 features" in stdout
-    assert "validation accuracy none" in stdout
+    assert "wrong), no validation set," in stdout
     info = json.loads((tmp_path / "best" / "checkpoint.json").read_text())
     assert info["averaged"] == 2 and info["step"] == 4
 

@@ -29,7 +29,7 @@ WRONG = [
     ),
     ("[data]\npath = 3\n", "[data] path must be a string or none; got 3 (integer)"),
     ('[model]\ncell = ["lstm"]\n', "[model] cell must be a string; got ['lstm'] (array)"),
-    ("[teacher]\nk = {a = 1}\n", "[teacher] k must be a number; got {'a': 1} (table)"),
+    ("[teacher]\nk = {a = 1}\n", "[teacher] k must be a number or none; got {'a': 1} (table)"),
     (
         "[schedule]\nwarmup = 1979-05-27\n",
         "[schedule] warmup must be an integer; got 1979-05-27 (date)",

@@ -445,11 +445,14 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 
 
 def percent(s: dict[str, float]) -> str:
-    """'98.38% ± 0.42 (min 97.84, max 98.92, 5 seeds)' for a summary of fractions."""
-    text = f"{100 * s['mean']:.2f}% ± {100 * s['std']:.2f}"
-    if s["n"] > 1:
-        text += f" (min {100 * s['min']:.2f}, max {100 * s['max']:.2f}, {s['n']} seeds)"
-    return text
+    """'98.38% ± 0.42 (min 97.84, max 98.92, 5 seeds)' for a summary of fractions; one
+    seed: '98.38% (one seed)', with no spread it did not measure."""
+    if s["n"] == 1:
+        return f"{100 * s['mean']:.2f}% (one seed)"
+    return (
+        f"{100 * s['mean']:.2f}% ± {100 * s['std']:.2f} "
+        f"(min {100 * s['min']:.2f}, max {100 * s['max']:.2f}, {s['n']} seeds)"
+    )
 
 
 class Timer:
@@ -621,10 +624,14 @@ def run_classification(args, name: str, title: str, data, example: dict | None =
     for k in range(args.seeds):
         r = classify_seed(args, args.seed + k, name, train_all, test, classes, example or {})
         runs.append(r)
-        val = "none" if r["val_accuracy"] is None else f"{100 * r['val_accuracy']:.2f}%"
+        val = (
+            "no validation set"
+            if r["val_accuracy"] is None
+            else f"validation accuracy {100 * r['val_accuracy']:.2f}%"
+        )
         print(
             f"seed {r['seed']}: test accuracy {100 * r['test_accuracy']:.2f}% "
-            f"({r['test_errors']} of {len(test)} wrong), validation accuracy {val}, "
+            f"({r['test_errors']} of {len(test)} wrong), {val}, "
             f"{r['steps']} steps in {r['seconds']:.0f} s -> {r['out']}"
         )
         if r["interrupted"]:
