@@ -551,6 +551,11 @@ def test_diagnose_surface(tmp_path, capsys):
         (["diagnose", "report", "nonsense"], "vanishing, exploding"),
         (["diagnose", "report"], "needs a report name"),
         (["diagnose", "surface", "extra"], "no further argument"),
+        # options the chosen form would ignore are refused, not ignored
+        (["diagnose", "surface", "--cell", "gru", "--length", "7"], "--cell, --length: 'diag"),
+        (["diagnose", "report", "vanishing", "--hidden", "8"], "trains its own configurations"),
+        (["diagnose", "--seeds", "2"], "--seeds applies to 'diagnose report' only"),
+        (["diagnose", "--cell", "gru", "--nonlinearity", "relu"], "--cell gru has its own gates"),
     ],
 )
 def test_diagnose_bad_input_is_one_line(argv, fragment, capsys):

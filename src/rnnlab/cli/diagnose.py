@@ -108,8 +108,39 @@ def add_arguments(p) -> None:
     m.add_argument("--no-progress", action="store_true", help="hide progress bars of reports")
 
 
+MODEL_FLAGS = ("cell", "nonlinearity", "hidden", "layers", "data")  # None unless given
+MEASURE_DEFAULTS = {"length": 100, "batch": 8}
+
+
+def _refuse_unused(a) -> None:
+    """Options the chosen form of diagnose would ignore are refused, not ignored."""
+    given = lambda names: ", ".join("--" + n for n in names)  # noqa: E731
+    if a.target in SUBCOMMANDS:
+        unused = [f for f in MODEL_FLAGS if getattr(a, f) is not None]
+        unused += [f for f, default in MEASURE_DEFAULTS.items() if getattr(a, f) != default]
+        if unused:
+            what = (
+                "draws its fixed one-unit network"
+                if a.target == "surface"
+                else "trains its own configurations"
+            )
+            raise UserError(
+                f"{given(unused)}: 'diagnose {a.target}' {what}; these options describe the "
+                "model of 'diagnose [CHECKPOINT]'"
+            )
+    if a.target != "report" and a.seeds != 3:
+        raise UserError("--seeds applies to 'diagnose report' only")
+    fresh = a.target is None
+    if fresh and a.nonlinearity is not None and (a.cell or "lstm") not in ("rnn", "pascanu"):
+        raise UserError(
+            f"--nonlinearity applies to --cell rnn or pascanu; --cell {a.cell or 'lstm'} has "
+            "its own gates"
+        )
+
+
 def run(a) -> int:
     torch.set_num_threads(a.threads)
+    _refuse_unused(a)
     if a.target == "surface":
         if a.name is not None:
             raise UserError(f"'diagnose surface' takes no further argument; got {a.name!r}")
