@@ -179,9 +179,11 @@ def write_plots(
         f"{d.title}: eigenvalues of the recurrent matrices",
     )
     if d.power:
+        gated = any("." in k for k in d.power)  # "l0.g": a gated cell's candidate block
         plots.plot_power_method(
             {f"W_hh {k}": v for k, v in d.power.items()},
             save("power_method.png"),
-            f"{d.title}: the power method h_t = (W^t)ᵀ h_0 on the recurrent matrix",
+            f"{d.title}: the power method h_t = (W^t)ᵀ h_0 on the recurrent matrix"
+            + (" (gated cells: its candidate block, g or n)" if gated else ""),
         )
     return files

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 from rnnlab.analysis.gradients import GradientFlow
 from rnnlab.analysis.jacobians import JacobianProducts
@@ -42,9 +42,28 @@ def _steps_axis(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _round_log_ticks(ax) -> None:
+    """Ticks of a log y axis at round powers of ten: every decade, or every 2nd, 5th,
+    10th, ... where it spans many (matplotlib's own stride started from the top, which
+    gave 10^4, 10^-17, 10^-38 on a 60-decade axis)."""
+    low, high = ax.get_ylim()
+    if not (0 < low < high and math.isfinite(high)):
+        return
+    a, b = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    step = next((s for s in (1, 2, 3, 5, 10, 20, 25, 50, 100) if (b - a) / s <= 8), 200)
+    if step == 1:
+        return  # matplotlib's decades, with its minor ticks
+    first = math.ceil(a / step) * step
+    ax.yaxis.set_major_locator(FixedLocator([10.0**k for k in range(first, b + 1, step)]))
+    ax.yaxis.set_minor_locator(NullLocator())
+
+
 def _save(fig: Figure, path) -> Figure:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for ax in fig.axes:
+        if ax.get_yscale() == "log":
+            _round_log_ticks(ax)
     # "tight": a legend anchored outside the axes (eigenvalues) is kept whole, as is a
     # title that the equal aspect pushed up
     fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.08)

@@ -267,8 +267,14 @@ def run_model(a) -> int:
     print(d.table())
     print()
     for name, pm in d.power.items():
+        change = "grows" if pm.growth > 1 else "shrinks"
+        block = (  # gated cells: the block of W_hh that feeds the candidate state
+            f" (the candidate block {name.rsplit('.', 1)[1]} of the gated cell)"
+            if "." in name
+            else ""
+        )
         print(
-            f"power method on W_hh {name}: ‖h_t‖ grows {pm.growth:.4f}x per step; "
+            f"power method on W_hh {name}{block}: ‖h_t‖ {change} {pm.growth:.4f}x per step; "
             f"spectral radius {pm.radius:.4f}"
         )
     print(f"wrote {len(d.files)} files to {out}/ in {seconds:.1f} s")
