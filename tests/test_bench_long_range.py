@@ -194,3 +194,15 @@ def test_a_results_file_from_another_budget_is_refused(tmp_path):
         run_grid(grid(80), tmp_path, progress=False, log=lambda m: None)
     rows = run_grid(grid(50), tmp_path, progress=False, log=lambda m: None)  # nothing to run
     assert rows == [row]
+
+
+def test_a_task_that_sets_its_own_lengths_runs_once_at_length_0():
+    """The Reber grammar ignores --lengths: one cell labelled 0, not one per length."""
+    from rnnlab.bench.long_range import Grid
+
+    grid = Grid(("reber", "adding"), (50, 100), ("lstm-adam",), 1, 10, 5)
+    assert list(grid.cells()) == [
+        ("reber", 0, "lstm-adam", 0),
+        ("adding", 50, "lstm-adam", 0),
+        ("adding", 100, "lstm-adam", 0),
+    ]

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 import rnnlab
 from rnnlab.errors import UserError
 from rnnlab.init import Init
-from rnnlab.tasks import Batch, Task, make_task
+from rnnlab.tasks import TASKS, Batch, Task, make_task
 from rnnlab.training.config import OptimConfig, OutputConfig, TrainConfig
 from rnnlab.training.trainer import Trainer
 
@@ -332,16 +332,22 @@ class Grid:
     eval_interval: int
     max_time: float | None = None  # per cell, seconds
 
+    def task_lengths(self, task: str) -> tuple[int, ...]:
+        """The lengths ``task`` runs at: 0 alone for a task that sets its own (Reber),
+        where every length would be the same cell under another label."""
+        cls = TASKS.get(task)
+        return self.lengths if cls is None or cls.uses_length else (0,)
+
     def cells(self):
         for task in self.tasks:
-            for length in self.lengths:
+            for length in self.task_lengths(task):
                 for method in self.methods:
                     for seed in range(self.seeds):
                         yield task, length, method, seed
 
     def check(self) -> None:
         for task in self.tasks:
-            for length in self.lengths:
+            for length in self.task_lengths(task):
                 make_task(task, length)  # raises ValueError on a bad name or length
         for method in self.methods:
             parse_method(method)

@@ -64,9 +64,11 @@ class Task:
     ``length``: the task's length parameter (T or L of the paper).  ``test_size``: the
     fixed test set's size (Pascanu et al.: 10,000; Hochreiter & Schmidhuber: 2,560).
     ``threshold``: the test error rate below which the task counts as solved.
+    ``uses_length``: False where the task sets its own lengths (the Reber grammar).
     """
 
     name = "task"
+    uses_length = True
     kind = "regression"
     input_size = 1
     output_size = 1

@@ -115,6 +115,7 @@ class EmbeddedReber(Task):
     """``length`` is unused (the grammar sets it); training draws from a fixed set."""
 
     name = "reber"
+    uses_length = False
     kind = "multilabel"
     input_size = len(SYMBOLS)
     output_size = len(SYMBOLS)
