@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
@@ -166,7 +167,8 @@ def plot_error_surface(
             X0 - w_wall * SIGMOID_AT_X0,
             color="cyan",
             ls="--",
-            lw=1,
+            lw=1.6,
+            path_effects=[patheffects.withStroke(linewidth=3.2, foreground="black")],
             label="the wall: x₀ on the unstable fixed point",
         )
         for (label, traj), (color, lw) in zip(trajectories.items(), styles, strict=False):
@@ -401,10 +403,12 @@ def plot_training_curves(
     title: str,
     ylabel: str = "training loss (nats)",
     log: bool = False,
+    thresholds: Mapping[str, float] | None = None,
 ) -> Figure:
     """Per-update quantities (loss, gradient norm) against updates: one panel per key of
     ``panels``, one line per label, shared y axis.  Non-finite values (a diverged update)
-    are marked with a red x along the top."""
+    are marked with a red x along the top.  ``thresholds``: a dashed line at that value
+    in the panel of that name (the clipping threshold)."""
     fig, axes = _figure(width=5.4 * len(panels) + 0.8, cols=len(panels))
     finite = [np.asarray(v, dtype=float) for curves in panels.values() for v in curves.values()]
     finite = np.concatenate([v[np.isfinite(v)] for v in finite] or [np.zeros(1)])
@@ -424,6 +428,11 @@ def plot_training_curves(
                     ms=6,
                     label=f"{label}: non-finite ({bad.sum()} updates)",
                 )
+        if thresholds and panel in thresholds:
+            ax.axhline(
+                thresholds[panel], color="black", ls="--", lw=1,
+                label=f"threshold {thresholds[panel]:g}",
+            )  # fmt: skip
         if log:
             ax.set_yscale("log")
         ax.set_title(panel)

@@ -602,6 +602,7 @@ def exploding(
         f"Gradient norm before clipping, per update; {_seeds_note(runs_seeds)}",
         ylabel="global gradient norm ‖g‖ (log scale)",
         log=True,
+        thresholds={label: value for label, value in modes if value},
     )
     if surface:  # the one-unit network: what clipping does on the error surface
         one_unit = surface_report(out, save=False)
