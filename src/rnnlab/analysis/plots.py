@@ -40,7 +40,7 @@ def _figure(width: float = 7.0, height: float = 4.6, cols: int = 1, rows: int = 
 
 def _steps_axis(axis) -> None:
     """Whole numbers only on an axis of steps (short sequences got ticks at 2.5, 7.5)."""
-    axis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
 
 
 def _round_log_ticks(ax) -> None:
