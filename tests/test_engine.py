@@ -509,3 +509,33 @@ def test_training_monitor_logs_gradient_flow_and_spectra(tmp_path):
         assert 0 < r["spectral_radius.l0.f"] < 10
         assert r["grad_log_rate.l0"] is not None and r["grad_ratio.l0"] > 0
         assert 0 <= r["fraction_vanished.l0"] <= 1
+
+
+def test_a_slow_first_update_says_numba_is_compiling(monkeypatch):
+    """On a terminal, a first update slower than COMPILE_NOTICE_AFTER on a model with a
+    compiled layer says why (the first use after an install pauses up to a minute); no
+    notice for a model without one, nor where stderr is not a terminal (logs, tests)."""
+    import sys
+    import time
+
+    from rnnlab.models import LanguageModel, ModelConfig
+    from rnnlab.training import trainer
+
+    monkeypatch.setattr(trainer, "COMPILE_NOTICE_AFTER", 0.01)
+    compiled = LanguageModel(ModelConfig(vocab_size=5, cell="gru", hidden_size=8, backend="numba"))
+    plain = LanguageModel(ModelConfig(vocab_size=5, hidden_size=8, backend="fused"))
+    said = []
+    assert trainer._compile_notice(compiled, said.append) is None  # pytest's stderr: no tty
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert trainer._compile_notice(plain, said.append) is None
+    timer = trainer._compile_notice(compiled, said.append)
+    deadline = time.monotonic() + 5
+    while not said and time.monotonic() < deadline:
+        time.sleep(0.01)
+    timer.cancel()
+    assert said and "compiling the numba kernels" in said[0]
+    said.clear()
+    timer = trainer._compile_notice(compiled, said.append)
+    timer.cancel()  # a first update faster than the delay: nothing said
+    time.sleep(0.05)
+    assert not said

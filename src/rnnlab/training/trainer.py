@@ -60,6 +60,37 @@ class TrainingDiverged(UserError):
     """Too many updates in a row had a non-finite loss or gradient."""
 
 
+COMPILE_NOTICE_AFTER = 3.0  # seconds of a first update before saying why it is slow
+
+
+def _compile_notice(model, report) -> threading.Timer | None:
+    """A timer that says, if the first update takes longer than
+    :data:`COMPILE_NOTICE_AFTER`, that Numba is compiling the model's kernels: on the
+    first use after an install that is a silent pause of up to a minute.  Only where
+    stderr is a terminal (logs and tests keep their lines) and some layer of the model
+    runs the compiled path; the caller cancels it after the first update."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        compiled = any(
+            m.backend_choice().name == "numba"
+            for m in model.modules()
+            if hasattr(m, "backend_choice")
+        )
+    except Exception:  # a layer that cannot say: no notice rather than no training
+        return None
+    if not compiled:
+        return None
+    message = (
+        "rnnlab: compiling the numba kernels for this model (the first use after an install "
+        "takes up to a minute; they are cached for the next runs) ..."
+    )
+    timer = threading.Timer(COMPILE_NOTICE_AFTER, report, (message,))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -526,11 +557,15 @@ class Trainer:
             )
         interrupted, reason = False, ""
         session_start = time.perf_counter() - self.elapsed
+        first_update = _compile_notice(self.model, report)
         try:
             self.model.train()
             while (reason := self._agreed_stop_reason()) is None:
                 t0 = time.perf_counter()
                 record = self.update()
+                if first_update is not None:
+                    first_update.cancel()
+                    first_update = None
                 dt = time.perf_counter() - t0
                 self.train_seconds += dt
                 self.elapsed = time.perf_counter() - session_start
@@ -568,6 +603,8 @@ class Trainer:
                 f"resume with: rnnlab train --resume {self.out}"
             ) from None
         finally:
+            if first_update is not None:  # the first update failed or was interrupted
+                first_update.cancel()
             bar.close()
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
