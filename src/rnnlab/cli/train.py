@@ -406,7 +406,7 @@ def run(a) -> int:
         return 130 if result.interrupted else 0
     unit = "char" if result.vocab.kind == "char" else "word"
     print(
-        f"trained {result.steps} steps in {result.train_seconds:.0f} s "
+        f"trained {result.steps} step{'s' * (result.steps != 1)} in {result.train_seconds:.0f} s "
         f"({result.tokens_per_second:,.0f} {unit}s/s); stopped by {result.stop_reason}"
     )
     if result.best_val_loss is not None:

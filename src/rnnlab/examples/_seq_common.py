@@ -449,7 +449,8 @@ def train_and_test(
     out = Path(result.out)
     write_results(out, results)
     log(
-        f"trained {result.steps} updates in {result.train_seconds:.0f} s of updates "
+        f"trained {result.steps} update{'s' * (result.steps != 1)} in "
+        f"{result.train_seconds:.0f} s of updates "
         f"({train_wall:.0f} s with validations); best checkpoint: step {info.get('step')}"
     )
     figures = ", ".join(f"{name} {100 * s:.2f}%" for name, s in scores.items())

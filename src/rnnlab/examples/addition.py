@@ -71,7 +71,8 @@ def make_data(digits: int, train_size: int, val_size: int, test_size: int, seed:
     unordered = top * (top + 1) // 2
     if val_size + test_size > unordered // 2:
         raise UserError(
-            f"--val-size + --test-size must be at most {unordered // 2} for {digits} digits"
+            f"--val-size + --test-size must be at most {unordered // 2} for {digits} "
+            f"digit{'s' * (digits != 1)}"
         )
     rng = random.Random(seed)
     held, held_out = set(), []
@@ -83,7 +84,9 @@ def make_data(digits: int, train_size: int, val_size: int, test_size: int, seed:
             held_out.append((a, b))
     free = top * top - sum(1 if a == b else 2 for a, b in held)
     if train_size > free:
-        raise UserError(f"--train-size must be at most {free} for {digits} digits")
+        raise UserError(
+            f"--train-size must be at most {free} for {digits} digit{'s' * (digits != 1)}"
+        )
     seen, train = set(), []
     while len(train) < train_size:
         a, b = rng.randrange(top), rng.randrange(top)
