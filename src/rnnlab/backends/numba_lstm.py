@@ -687,7 +687,7 @@ class LSTMCompiledFunction(torch.autograd.Function):
         if whole:
             r2 = x.new_empty(2, N, P)
             r2[1] = r  # r_{-1}
-            sync = new_sync(1 if use_ln else _parts(H, MIN_UNITS_PER_THREAD))
+            sync = _sequence_sync(H, use_ln)
             call = _forward_sequence_threads if sync.shape[1] > 1 else _forward_sequence
             call(arrays, opts, ln, _np(weight_hh), np.empty(G * H, arrays[0].dtype), _out(r2), sync)
         else:
@@ -748,9 +748,10 @@ class LSTMCompiledFunction(torch.autograd.Function):
         ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c, a_x_hats, rstd_x)))
         ln += (_np(x.new_empty(0) if gamma_x is None else gamma_x), _out(grad_a_xs), sums)
         if whole:
-            sync = new_sync(1 if use_ln else _parts(H, MIN_UNITS_PER_THREAD))
-            call = _backward_sequence_threads if sync.shape[1] > 1 else _backward_sequence
-            blocks = np.empty(4 * H * H, scratch.dtype)
+            sync = _sequence_sync(H, use_ln)
+            threads = sync.shape[1] > 1
+            call = _backward_sequence_threads if threads else _backward_sequence
+            blocks = np.empty(4 * H * H if threads else 0, scratch.dtype)  # one block reads W
             call(arrays, ctx.opts, ln, scratch, _np(weight_hh), blocks, sync)
         for t in range(-1 if whole else T - 1, -1, -1):
             if proj:  # h~-bar_t, then u-bar_t = h~-bar_t W_hr
@@ -809,6 +810,13 @@ def _parts(size: int, least: int = MIN_ROWS_PER_THREAD) -> int:
     threads = min(threads, numba_threads())
     _POOL_PID[0] = _POOL_PID[0] or os.getpid()
     return threads
+
+
+def _sequence_sync(hidden: int, use_ln: bool) -> np.ndarray:
+    """The ``sync`` array of a whole-sequence pass: one block per thread
+    (:data:`MIN_UNITS_PER_THREAD` units at least), or one block with layer norm, whose
+    statistics take every unit of a row."""
+    return new_sync(1 if use_ln else _parts(hidden, MIN_UNITS_PER_THREAD))
 
 
 def _option_arrays(like, T, N, P, drop_mask, peephole, ln_gains, zone_h, zone_c):

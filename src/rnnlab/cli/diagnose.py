@@ -114,7 +114,10 @@ MEASURE_DEFAULTS = {"length": 100, "batch": 8}
 
 def _refuse_unused(a) -> None:
     """Options the chosen form of diagnose would ignore are refused, not ignored."""
-    given = lambda names: ", ".join("--" + n for n in names)  # noqa: E731
+
+    def given(names: list[str]) -> str:
+        return ", ".join("--" + n for n in names)
+
     if a.target in SUBCOMMANDS:
         unused = [f for f in MODEL_FLAGS if getattr(a, f) is not None]
         unused += [f for f, default in MEASURE_DEFAULTS.items() if getattr(a, f) != default]
