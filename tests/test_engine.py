@@ -518,10 +518,11 @@ def test_a_slow_first_update_says_numba_is_compiling(monkeypatch):
     import sys
     import time
 
+    import rnnlab.backends
     from rnnlab.models import LanguageModel, ModelConfig
     from rnnlab.training import trainer
 
-    monkeypatch.setattr(trainer, "COMPILE_NOTICE_AFTER", 0.01)
+    monkeypatch.setattr(rnnlab.backends, "COMPILE_NOTICE_AFTER", 0.01)
     compiled = LanguageModel(ModelConfig(vocab_size=5, cell="gru", hidden_size=8, backend="numba"))
     plain = LanguageModel(ModelConfig(vocab_size=5, hidden_size=8, backend="fused"))
     said = []

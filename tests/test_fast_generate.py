@@ -216,6 +216,39 @@ def test_rnnlab_sample_logs_the_backend_and_gives_the_same_text(tmp_path, capsys
     assert len(texts["torch"]) > 40
 
 
+def test_rnnlab_sample_says_when_the_compiled_loop_is_compiling(tmp_path, capsys, monkeypatch):
+    """On a terminal, a compiled sampling call slower than COMPILE_NOTICE_AFTER says that
+    Numba is compiling (the first use after an install); the plain path says nothing."""
+    import sys
+    import time
+
+    import rnnlab.backends
+    from rnnlab.models import LanguageModel
+
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("to be or not to be\n" * 20, encoding="utf-8")
+    out = tmp_path / "run"
+    tiny = ["--hidden", "8", "--layers", "1", "--embedding", "4", "--batch-size", "2"]
+    tiny += ["--seq-len", "8", "--max-steps", "2", "--no-progress", "--eval-interval", "2"]
+    assert main(["train", "--data", str(corpus), *tiny, "--out", str(out)]) == 0
+    real = LanguageModel.generate
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.3)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LanguageModel, "generate", slow)
+    monkeypatch.setattr(rnnlab.backends, "COMPILE_NOTICE_AFTER", 0.01)
+    capsys.readouterr()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    logs = {}
+    for backend in ("numba", "torch"):
+        assert main(["sample", str(out), "--length", "5", "--backend", backend]) == 0
+        logs[backend] = capsys.readouterr().err
+    assert "compiling the numba kernels for sampling" in logs["numba"]
+    assert "compiling" not in logs["torch"]
+
+
 def test_docstring_examples():
     import doctest
 

@@ -19,13 +19,16 @@ same seed.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 GENERATE_BACKENDS = ("auto", "numba", "torch")
 NOISE_CHUNK = 4096  # tokens of noise drawn at once: CHUNK x V float64 (2 MB for V = 65)
+COMPILE_NOTICE_AFTER = 3.0  # seconds of a first compiled call before saying why it is slow
 
 
 @dataclass(frozen=True)
@@ -111,10 +114,31 @@ def nonfinite_message(index: int) -> str:
     )
 
 
+def compile_notice(report: Callable[[str], object], what: str) -> threading.Timer | None:
+    """A started timer that calls ``report`` with a line saying Numba is compiling the
+    kernels for ``what``, unless the caller cancels it within
+    :data:`COMPILE_NOTICE_AFTER` seconds.  The first use of a compiled path after an
+    install compiles it (up to a minute, then cached on disk): without a word that is a
+    silent pause.  Only where stderr is a terminal (logs and tests keep their lines);
+    otherwise None.  The caller cancels it once the first compiled call has returned."""
+    if not sys.stderr.isatty():
+        return None
+    message = (
+        f"rnnlab: compiling the numba kernels for {what} (the first use after an install "
+        "takes up to a minute; they are cached for the next runs) ..."
+    )
+    timer = threading.Timer(COMPILE_NOTICE_AFTER, report, (message,))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 __all__ = [
+    "COMPILE_NOTICE_AFTER",
     "GENERATE_BACKENDS",
     "BackendChoice",
     "choose_generate_backend",
+    "compile_notice",
     "nonfinite_message",
     "numba_import_error",
     "race_noise",

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from rnnlab.backends import GENERATE_BACKENDS, choose_generate_backend
+from rnnlab.backends import GENERATE_BACKENDS, choose_generate_backend, compile_notice
 from rnnlab.cli.common import nonnegative_int, positive_float
 from rnnlab.errors import UserError
 from rnnlab.training.checkpoint import load_checkpoint
@@ -76,12 +76,18 @@ def run(a) -> int:
     print(f"rnnlab: sampling with backend {choice}", file=sys.stderr)
     generator = torch.Generator()
     generator.manual_seed(a.seed if a.seed is not None else torch.seed())
+    notice = None
+    if choice.name == "numba":
+        notice = compile_notice(lambda line: print(line, file=sys.stderr), "sampling")
     try:
         out = model.generate(
             prime, a.length, a.temperature, a.greedy, generator, backend=choice.name
         )
     except ValueError as exc:  # logits not finite: a diverged checkpoint
         raise UserError(str(exc)) from None
+    finally:
+        if notice is not None:
+            notice.cancel()
     text = vocab.decode(out)
     joiner = " " if vocab.kind == "word" and shown and text else ""
     print(shown + joiner + text)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from rnnlab.backends import compile_notice
 from rnnlab.data import Vocabulary, load_text, min_tokens, split_train_val
 from rnnlab.errors import UserError
 from rnnlab.models import LanguageModel
@@ -60,17 +61,9 @@ class TrainingDiverged(UserError):
     """Too many updates in a row had a non-finite loss or gradient."""
 
 
-COMPILE_NOTICE_AFTER = 3.0  # seconds of a first update before saying why it is slow
-
-
 def _compile_notice(model, report) -> threading.Timer | None:
-    """A timer that says, if the first update takes longer than
-    :data:`COMPILE_NOTICE_AFTER`, that Numba is compiling the model's kernels: on the
-    first use after an install that is a silent pause of up to a minute.  Only where
-    stderr is a terminal (logs and tests keep their lines) and some layer of the model
-    runs the compiled path; the caller cancels it after the first update."""
-    if not sys.stderr.isatty():
-        return None
+    """:func:`rnnlab.backends.compile_notice` for the first update, where some layer of
+    the model runs the compiled path; the caller cancels it after that update."""
     try:
         compiled = any(
             m.backend_choice().name == "numba"
@@ -79,16 +72,7 @@ def _compile_notice(model, report) -> threading.Timer | None:
         )
     except Exception:  # a layer that cannot say: no notice rather than no training
         return None
-    if not compiled:
-        return None
-    message = (
-        "rnnlab: compiling the numba kernels for this model (the first use after an install "
-        "takes up to a minute; they are cached for the next runs) ..."
-    )
-    timer = threading.Timer(COMPILE_NOTICE_AFTER, report, (message,))
-    timer.daemon = True
-    timer.start()
-    return timer
+    return compile_notice(report, "this model") if compiled else None
 
 
 @dataclass
