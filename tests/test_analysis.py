@@ -392,6 +392,34 @@ def test_plots_have_titles_labels_and_legends(tmp_path):
             assert ax.get_xlabel() and ax.get_legend() is not None, (name, ax.get_title())
 
 
+def test_a_line_that_would_hide_another_is_dashed_and_named(tmp_path):
+    """Two runs with the same curve (clipping that never fired) would draw one line over
+    the other; the second is dashed and its label names its twin.  Different curves keep
+    their solid lines and plain labels."""
+    from rnnlab.analysis import plots
+
+    same = [2.0, 1.5, 1.2, 1.0]
+    fig = plots.plot_training_curves(
+        {"loss": {"no clipping": same, "clipped": list(same), "other": [2.0, 1.9, 1.7, 1.6]}},
+        tmp_path / "t.png",
+        "Twins",
+    )
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert lines["no clipping"].get_linestyle() == "-"
+    twin = lines["clipped (the same as no clipping)"]
+    assert twin.get_linestyle() == "--"
+    assert lines["other"].get_linestyle() == "-"
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "clipped (the same as no clipping)" in legend
+    flow = plots.plot_gradient_norms(
+        {"init": {"a": ([0, 1, 2], [1.0, 0.5, 0.25]), "b": ([0, 1, 2], [1.0, 0.5, 0.25])}},
+        tmp_path / "f.png",
+        "Flow",
+    )
+    labels = [line.get_label() for line in flow.axes[0].get_lines()]
+    assert labels == ["a", "b (the same as a)"]
+
+
 def test_plots_work_headless_without_pyplot(tmp_path):
     code = (
         "import sys, torch, rnnlab\n"
