@@ -197,13 +197,19 @@ def test_cache_falls_back_to_memory_when_no_cache_directory_is_writable(monkeypa
     assert numba_generate._jit(add_one)(np.int64(1)) == 2
 
 
-def test_rnnlab_sample_logs_the_backend_and_gives_the_same_text(tmp_path, capsys):
+def tiny_run(tmp_path):
+    """A run directory of a tiny LSTM trained for 3 updates with ``rnnlab train``."""
     corpus = tmp_path / "text.txt"
     corpus.write_text("to be or not to be, that is the question\n" * 20, encoding="utf-8")
     out = tmp_path / "run"
     tiny = ["--hidden", "8", "--layers", "1", "--embedding", "4", "--batch-size", "2"]
     tiny += ["--seq-len", "8", "--max-steps", "3", "--no-progress", "--eval-interval", "3"]
     assert main(["train", "--data", str(corpus), *tiny, "--out", str(out)]) == 0
+    return out
+
+
+def test_rnnlab_sample_logs_the_backend_and_gives_the_same_text(tmp_path, capsys):
+    out = tiny_run(tmp_path)
     capsys.readouterr()
     texts, logs = {}, {}
     for backend in ("auto", "numba", "torch"):
@@ -225,12 +231,7 @@ def test_rnnlab_sample_says_when_the_compiled_loop_is_compiling(tmp_path, capsys
     import rnnlab.backends
     from rnnlab.models import LanguageModel
 
-    corpus = tmp_path / "text.txt"
-    corpus.write_text("to be or not to be\n" * 20, encoding="utf-8")
-    out = tmp_path / "run"
-    tiny = ["--hidden", "8", "--layers", "1", "--embedding", "4", "--batch-size", "2"]
-    tiny += ["--seq-len", "8", "--max-steps", "2", "--no-progress", "--eval-interval", "2"]
-    assert main(["train", "--data", str(corpus), *tiny, "--out", str(out)]) == 0
+    out = tiny_run(tmp_path)
     real = LanguageModel.generate
 
     def slow(self, *args, **kwargs):
