@@ -685,6 +685,26 @@ def _pool_layer_loads() -> bool:
     return False
 
 
+def _loop_parts(hidden: int, threads: int | None) -> int:
+    """How many threads the loop splits each layer over (1: this thread); starts Numba's
+    threads when more than one."""
+    parts = loop_threads(hidden) if threads is None else max(1, min(int(threads), hidden))
+    if parts > 1 and not threads_usable():
+        parts = 1  # the same tokens, on one thread
+    if parts > 1:
+        numba_threads()  # starts Numba's threads, keeping PyTorch's OpenMP settings
+        _POOL_PID[0] = _POOL_PID[0] or os.getpid()
+    return parts
+
+
+def prepare(model, threads: int | None = None) -> float:
+    """Compile (or load from the disk cache) the loop that :func:`generate` will run for
+    ``model``, so that a caller can bound a notice to the compilation alone rather than
+    to a long generation; returns the seconds it took."""
+    dtype = next(model.parameters()).detach().numpy().dtype
+    return compile_seconds(dtype, _loop_parts(model.rnn.hidden_size, threads))
+
+
 def generate(
     model, prime: list[int], length: int, temperature: float, noise, threads: int | None = None
 ) -> list[int]:
@@ -693,12 +713,7 @@ def generate(
     whose rows are consumed one per token.  ``threads``: how many threads share each
     layer's units (default :func:`loop_threads`); the tokens do not depend on it."""
     L, H = model.rnn.num_layers, model.rnn.hidden_size
-    parts = loop_threads(H) if threads is None else max(1, min(int(threads), H))
-    if parts > 1 and not threads_usable():
-        parts = 1  # the same tokens, on one thread
-    if parts > 1:
-        numba_threads()  # starts Numba's threads, keeping PyTorch's OpenMP settings
-        _POOL_PID[0] = _POOL_PID[0] or os.getpid()
+    parts = _loop_parts(H, threads)
     packed = packed_weights(model, parts)
     dtype = packed.table.dtype
     h = np.zeros((L, H), dtype)

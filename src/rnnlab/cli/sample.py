@@ -76,18 +76,21 @@ def run(a) -> int:
     print(f"rnnlab: sampling with backend {choice}", file=sys.stderr)
     generator = torch.Generator()
     generator.manual_seed(a.seed if a.seed is not None else torch.seed())
-    notice = None
-    if choice.name == "numba":
+    if choice.name == "numba":  # compile (or load) first: the notice times that alone
+        from rnnlab.backends import numba_generate
+
         notice = compile_notice(lambda line: print(line, file=sys.stderr), "sampling")
+        try:
+            numba_generate.prepare(model)
+        finally:
+            if notice is not None:
+                notice.cancel()
     try:
         out = model.generate(
             prime, a.length, a.temperature, a.greedy, generator, backend=choice.name
         )
     except ValueError as exc:  # logits not finite: a diverged checkpoint
         raise UserError(str(exc)) from None
-    finally:
-        if notice is not None:
-            notice.cancel()
     text = vocab.decode(out)
     joiner = " " if vocab.kind == "word" and shown and text else ""
     print(shown + joiner + text)
