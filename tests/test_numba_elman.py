@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import rnnlab
+from conftest import split_into
 from rnnlab.backends.numba_elman import elman_compiled_sequence
 from rnnlab.cells.elman import elman_sequence, elman_sequence_reference
 
@@ -39,7 +40,7 @@ def values_and_grads(run, dtype, nonlinearity, bias=True):
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
-def test_equals_the_reference_in_float64(nonlinearity, bias):
+def test_equals_the_reference_in_float64(nonlinearity, bias, batch_loop):
     got = values_and_grads(elman_compiled_sequence, F64, nonlinearity, bias)
     expected = values_and_grads(elman_sequence_reference, F64, nonlinearity, bias)
     for a, b in zip(got, expected, strict=True):
@@ -55,7 +56,7 @@ def test_gradcheck(nonlinearity):
 
 
 @pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
-def test_float32_equals_the_fused_path(nonlinearity):
+def test_float32_equals_the_fused_path(nonlinearity, batch_loop):
     got = values_and_grads(elman_compiled_sequence, torch.float32, nonlinearity)
     expected = values_and_grads(elman_sequence, torch.float32, nonlinearity)
     for a, b in zip(got, expected, strict=True):
@@ -81,12 +82,12 @@ def test_auto_takes_it_on_the_cpu():
 
 
 @pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
-def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, nonlinearity):
+def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, nonlinearity, batch_loop):
     import rnnlab.backends.numba_elman as numba_elman
 
     runs = []
     for parts in (1, 2, 5):
-        monkeypatch.setattr(numba_elman, "_parts", lambda rows, parts=parts: parts)
+        split_into(monkeypatch, numba_elman, batch_loop, parts)
         runs.append(values_and_grads(elman_compiled_sequence, torch.float32, nonlinearity))
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import rnnlab
+from conftest import split_into
 from rnnlab.backends.numba_gru import gru_compiled_sequence
 from rnnlab.cells.gru import gru_sequence, gru_sequence_reference
 
@@ -45,7 +46,7 @@ def values_and_grads(run, dtype, bias=True, form="torch"):
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-def test_equals_the_reference_in_float64(bias, form):
+def test_equals_the_reference_in_float64(bias, form, batch_loop):
     got = values_and_grads(gru_compiled_sequence, F64, bias, form)
     expected = values_and_grads(gru_sequence_reference, F64, bias, form)
     for a, b in zip(got, expected, strict=True):
@@ -59,7 +60,7 @@ def test_gradcheck(form):
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_float32_equals_the_fused_path(form):
+def test_float32_equals_the_fused_path(form, batch_loop):
     got = values_and_grads(gru_compiled_sequence, torch.float32, form=form)
     expected = values_and_grads(gru_sequence, torch.float32, form=form)
     for a, b in zip(got, expected, strict=True):
@@ -127,12 +128,12 @@ def test_auto_takes_it_for_both_forms_on_the_cpu():
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
-def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, dtype, form):
+def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, dtype, form, batch_loop):
     import rnnlab.backends.numba_gru as numba_gru
 
     runs = []
     for parts in (1, 2, 5):
-        monkeypatch.setattr(numba_gru, "_parts", lambda rows, parts=parts: parts)
+        split_into(monkeypatch, numba_gru, batch_loop, parts)
         runs.append(values_and_grads(gru_compiled_sequence, dtype, form=form))
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import rnnlab
+from conftest import split_into
 from rnnlab.backends.numba_lstm import lstm_compiled_sequence
 from rnnlab.cells.lstm import lstm_ext_sequence, lstm_ext_sequence_reference
 
@@ -71,12 +72,30 @@ def values_and_grads(run, dtype, on, zoneout_training=True, rows=N, hidden=H):
     return [hs, cs, *grads]
 
 
+PATHS = ["region", "steps", "batch1"]
+
+
+@pytest.fixture
+def rows(request, monkeypatch):
+    """The sequences of a test problem, for the path ``request.param`` names: a batch
+    (N rows) with its time loop in one compiled call (``region``) or in Python with
+    ``torch.mm`` between the compiled passes (``steps``; see conftest.batch_loop), or one
+    sequence (``batch1``, the whole-sequence loop, ``SEQUENCE_ROWS``)."""
+    import rnnlab.backends.numba_lstm as numba_lstm
+
+    if request.param == "steps":
+        monkeypatch.setattr(numba_lstm, "_region_parts", lambda rows: None)
+    elif request.param == "region" and numba_lstm.blas() is None:
+        pytest.skip("PyTorch here exports no BLAS for the compiled loops")
+    return 1 if request.param == "batch1" else N
+
+
 COMBINATIONS = [
     combo for k in range(len(OPTIONS) + 1) for combo in itertools.combinations(OPTIONS, k)
 ]
 
 
-@pytest.mark.parametrize("rows", [N, 1], ids=["steps", "batch1"])
+@pytest.mark.parametrize("rows", PATHS, indirect=True)
 @pytest.mark.parametrize("on", COMBINATIONS, ids=lambda c: "+".join(c) or "plain")
 def test_equals_the_reference_in_float64(on, rows):
     for zoneout_training in (True, False) if "zoneout" in on else (True,):
@@ -89,7 +108,7 @@ def test_equals_the_reference_in_float64(on, rows):
 PROJECTED = [("proj",), ("proj", "zoneout", "drop"), ("proj", *OPTIONS)]
 
 
-@pytest.mark.parametrize("rows", [N, 1], ids=["steps", "batch1"])
+@pytest.mark.parametrize("rows", PATHS, indirect=True)
 @pytest.mark.parametrize("on", PROJECTED, ids=lambda c: "+".join(c))
 def test_projected_equals_the_reference_in_float64(on, rows):
     got = values_and_grads(lstm_compiled_sequence, F64, on, rows=rows)
@@ -98,7 +117,7 @@ def test_projected_equals_the_reference_in_float64(on, rows):
         torch.testing.assert_close(a, b, **TIGHT)
 
 
-@pytest.mark.parametrize("rows", [N, 1], ids=["steps", "batch1"])
+@pytest.mark.parametrize("rows", PATHS, indirect=True)
 @pytest.mark.parametrize("on", [OPTIONS, ("proj", *OPTIONS)], ids=["options", "proj+options"])
 def test_gradcheck_with_every_option(rows, on):
     args, opts, leaves = problem(F64, on, rows=rows)
@@ -117,7 +136,7 @@ def test_gradcheck_with_every_option(rows, on):
     assert torch.autograd.gradcheck(run, tuple(leaves))
 
 
-@pytest.mark.parametrize("rows", [N, 1], ids=["steps", "batch1"])
+@pytest.mark.parametrize("rows", PATHS, indirect=True)
 @pytest.mark.parametrize(
     "on", [(), OPTIONS, ("ln",), ("proj", *OPTIONS)], ids=["plain", "all", "ln", "proj+all"]
 )
@@ -275,7 +294,7 @@ def test_numba_threads_leave_torch_openmp_settings_alone():
     "on", [OPTIONS, ("ln",), ("proj", *OPTIONS)], ids=["options", "ln", "proj+options"]
 )
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
-def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, dtype, on):
+def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, dtype, on, batch_loop):
     """Each row is computed the same way whichever block and thread it falls in, and the
     layer norm's gain and bias gradients, summed per sequence in the reverse loop, do
     not depend on the blocks either."""
@@ -283,7 +302,7 @@ def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, dtype, on):
 
     runs = []
     for parts in (1, 2, 3):
-        monkeypatch.setattr(numba_lstm, "_parts", lambda size, least=0, parts=parts: parts)
+        split_into(monkeypatch, numba_lstm, batch_loop, parts)
         runs.append(values_and_grads(lstm_compiled_sequence, dtype, on))
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):

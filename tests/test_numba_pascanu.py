@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import rnnlab
+from conftest import split_into
 from rnnlab.backends.numba_pascanu import pascanu_compiled_sequence
 from rnnlab.cells.pascanu import pascanu_sequence, pascanu_sequence_reference
 
@@ -41,7 +42,7 @@ def values_and_grads(run, dtype, sigma, bias=True, steps=T):
 @pytest.mark.parametrize("steps", [T, 1], ids=["T6", "T1"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("sigma", SIGMAS)
-def test_equals_the_reference_in_float64(sigma, bias, steps):
+def test_equals_the_reference_in_float64(sigma, bias, steps, batch_loop):
     got = values_and_grads(pascanu_compiled_sequence, F64, sigma, bias, steps)
     expected = values_and_grads(pascanu_sequence_reference, F64, sigma, bias, steps)
     for a, b in zip(got, expected, strict=True):
@@ -55,7 +56,7 @@ def test_gradcheck(sigma):
 
 
 @pytest.mark.parametrize("sigma", SIGMAS)
-def test_float32_equals_the_fused_path(sigma):
+def test_float32_equals_the_fused_path(sigma, batch_loop):
     got = values_and_grads(pascanu_compiled_sequence, torch.float32, sigma)
     expected = values_and_grads(pascanu_sequence, torch.float32, sigma)
     for a, b in zip(got, expected, strict=True):
@@ -81,12 +82,12 @@ def test_chunked_equals_whole_with_state_carried():
 
 
 @pytest.mark.parametrize("sigma", SIGMAS)
-def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, sigma):
+def test_rows_split_over_threads_give_the_same_numbers(monkeypatch, sigma, batch_loop):
     import rnnlab.backends.numba_pascanu as numba_pascanu
 
     runs = []
     for parts in (1, 2, 5):
-        monkeypatch.setattr(numba_pascanu, "_parts", lambda rows, parts=parts: parts)
+        split_into(monkeypatch, numba_pascanu, batch_loop, parts)
         runs.append(values_and_grads(pascanu_compiled_sequence, torch.float32, sigma))
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):

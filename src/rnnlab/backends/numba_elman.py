@@ -18,9 +18,10 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
+from rnnlab.backends.numba_blas import NO_BIAS, _set_local_threads, gemm_columns
 from rnnlab.backends.numba_generate import ACTIVATIONS, SIGMOID, TANH, _kernel_parallel
-from rnnlab.backends.numba_lstm import _np, _out, _parts
-from rnnlab.backends.numba_math import _kernel, _sigmoid_fast, _tanh_fast
+from rnnlab.backends.numba_lstm import _ctl, _np, _out, _parts, _region_call, _region_parts
+from rnnlab.backends.numba_math import _claim, _done, _kernel, _sigmoid_fast, _tanh_fast
 from rnnlab.cells.elman import _combined_bias, elman_grads, input_projection, step_weight
 
 KINDS = ACTIVATIONS  # the generation loop's codes: tanh, sigmoid, relu
@@ -88,6 +89,74 @@ def _backward_step_threads(t, kind, hs, grad_hs, grad_r, delta, parts):
         _backward_rows(t, lo, hi, kind, hs, grad_hs, grad_r, delta)
 
 
+# The whole loop in one parallel region, the matmuls inside it (numba_lstm, "a batch in one
+# call"): per step a product cut into column chunks, then a pass over blocks of rows.
+@_kernel
+def _forward_region_blocks(p, parts, kind, hs, h0, rec, w_t, ctl, sync):
+    """Thread ``p``'s share of :func:`recurrence_forward`: per step ``rec = h_{t-1} W_hh^T``
+    (``w_t`` = W_hh^T, ``ctl[2]`` column chunks), then :func:`_forward_rows`."""
+    T, N, _ = hs.shape
+    old = _set_local_threads(ctl[1], 1)
+    for stage in range(2 * T):
+        t = stage // 2
+        for i in range(parts):
+            k = (p + i) % parts  # its own block first
+            if not _claim(sync, k, stage, k == p):
+                continue
+            if stage % 2 == 0:
+                h = h0 if t == 0 else hs[t - 1]
+                gemm_columns(ctl[0], k, parts, ctl[2], h, w_t, rec, NO_BIAS)
+            else:
+                _forward_rows(t, k * N // parts, (k + 1) * N // parts, kind, hs, rec)
+            _done(sync, k, stage)
+    _set_local_threads(ctl[1], old)
+
+
+@_kernel
+def _forward_region(kind, hs, h0, rec, w_t, ctl, sync):
+    _forward_region_blocks(0, 1, kind, hs, h0, rec, w_t, ctl, sync)
+
+
+@_kernel_parallel
+def _forward_region_threads(kind, hs, h0, rec, w_t, ctl, sync):
+    parts = sync.shape[1]
+    for p in prange(parts):
+        _forward_region_blocks(p, parts, kind, hs, h0, rec, w_t, ctl, sync)
+
+
+@_kernel
+def _backward_region_blocks(p, parts, kind, hs, grad_hs, grad_r, delta, w, ctl, sync):
+    """Thread ``p``'s share of :func:`recurrence_backward`: per step t = T-1 .. 0,
+    :func:`_backward_rows`, then ``grad_r = delta_t W_hh`` (``ctl[2]`` column chunks)."""
+    T, N, _ = hs.shape
+    old = _set_local_threads(ctl[1], 1)
+    for stage in range(2 * T):
+        t = T - 1 - stage // 2
+        for i in range(parts):
+            k = (p + i) % parts
+            if not _claim(sync, k, stage, k == p):
+                continue
+            if stage % 2 == 0:
+                lo, hi = k * N // parts, (k + 1) * N // parts
+                _backward_rows(t, lo, hi, kind, hs, grad_hs, grad_r, delta)
+            else:
+                gemm_columns(ctl[0], k, parts, ctl[2], delta[t], w, grad_r, NO_BIAS)
+            _done(sync, k, stage)
+    _set_local_threads(ctl[1], old)
+
+
+@_kernel
+def _backward_region(kind, hs, grad_hs, grad_r, delta, w, ctl, sync):
+    _backward_region_blocks(0, 1, kind, hs, grad_hs, grad_r, delta, w, ctl, sync)
+
+
+@_kernel_parallel
+def _backward_region_threads(kind, hs, grad_hs, grad_r, delta, w, ctl, sync):
+    parts = sync.shape[1]
+    for p in prange(parts):
+        _backward_region_blocks(p, parts, kind, hs, grad_hs, grad_r, delta, w, ctl, sync)
+
+
 def recurrence_forward(hs, h0, weight_hh, nonlinearity):
     """In place, step by step: ``hs[t]`` (T, N, H) holds the input side of step t and
     becomes h_t = phi(hs[t] + W_hh h_{t-1}), each step one PyTorch matmul and one compiled
@@ -98,6 +167,11 @@ def recurrence_forward(hs, h0, weight_hh, nonlinearity):
     hs_np, rec_np = _out(hs), _out(rec)
     parts = _parts(N)
     w_hh_t = step_weight(weight_hh)
+    region = _region_parts(N)
+    if region is not None:  # the whole loop in one compiled call
+        args = (kind, hs_np, _np(h0), rec_np, _np(w_hh_t), _ctl(hs_np.dtype, H))
+        _region_call(_forward_region, _forward_region_threads, region, *args)
+        return
     h = h0.detach()
     for t in range(T):
         torch.mm(h, w_hh_t, out=rec)
@@ -118,6 +192,12 @@ def recurrence_backward(hs, grad_hs, weight_hh, nonlinearity, delta):
     grad_r = hs.new_zeros(N, hs.shape[2])  # W_hh^T delta_{t+1}
     arrays = (_np(hs), _np(grad_hs), _out(grad_r), _out(delta))
     parts = _parts(N)
+    region = _region_parts(N)
+    if region is not None:  # the whole loop in one compiled call
+        ctl = _ctl(arrays[0].dtype, hs.shape[2])
+        _region_call(_backward_region, _backward_region_threads, region,
+                     kind, *arrays, _np(weight_hh), ctl)  # fmt: skip
+        return grad_r
     for t in range(T - 1, -1, -1):
         if parts > 1:
             _backward_step_threads(t, kind, *arrays, parts)

@@ -32,9 +32,18 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
+from rnnlab.backends.numba_blas import NO_BIAS, _set_local_threads, gemm_columns
 from rnnlab.backends.numba_generate import _kernel_parallel
-from rnnlab.backends.numba_lstm import _np, _out, _parts, _zeros
-from rnnlab.backends.numba_math import _kernel, _sigmoid_fast, _tanh_fast
+from rnnlab.backends.numba_lstm import (
+    _ctl,
+    _np,
+    _out,
+    _parts,
+    _region_call,
+    _region_parts,
+    _zeros,
+)
+from rnnlab.backends.numba_math import _claim, _done, _kernel, _sigmoid_fast, _tanh_fast
 from rnnlab.cells.elman import _combined_bias, input_projection, step_weight
 from rnnlab.cells.gru import cho_form_grads, torch_form_grads
 
@@ -127,6 +136,75 @@ def _backward_step_threads(t, arrays, parts):
         _backward_rows(t, k * N // parts, (k + 1) * N // parts, *arrays)
 
 
+# The whole loop in one parallel region, the matmuls inside it (numba_lstm, "a batch in one
+# call"): per step a product cut into column chunks, then a pass over blocks of rows.
+@_kernel
+def _forward_region_blocks(p, parts, gates, rec, h0, us, hs, w_t, b_hh, ctl, sync):
+    """Thread ``p``'s share of the forward loop: per step ``rec = h_{t-1} W_hh^T + b_hh``
+    (``ctl[2]`` column chunks), then :func:`_forward_rows`."""
+    T, N, _ = hs.shape
+    old = _set_local_threads(ctl[1], 1)
+    for stage in range(2 * T):
+        t = stage // 2
+        for i in range(parts):
+            k = (p + i) % parts  # its own block first
+            if not _claim(sync, k, stage, k == p):
+                continue
+            if stage % 2 == 0:
+                h = h0 if t == 0 else hs[t - 1]
+                gemm_columns(ctl[0], k, parts, ctl[2], h, w_t, rec, b_hh)
+            else:
+                _forward_rows(t, k * N // parts, (k + 1) * N // parts, gates, rec, h0, us, hs)
+            _done(sync, k, stage)
+    _set_local_threads(ctl[1], old)
+
+
+@_kernel
+def _forward_region(gates, rec, h0, us, hs, w_t, b_hh, ctl, sync):
+    _forward_region_blocks(0, 1, gates, rec, h0, us, hs, w_t, b_hh, ctl, sync)
+
+
+@_kernel_parallel
+def _forward_region_threads(gates, rec, h0, us, hs, w_t, b_hh, ctl, sync):
+    parts = sync.shape[1]
+    for p in prange(parts):
+        _forward_region_blocks(p, parts, gates, rec, h0, us, hs, w_t, b_hh, ctl, sync)
+
+
+@_kernel
+def _backward_region_blocks(p, parts, arrays, w, ctl, sync):
+    """Thread ``p``'s share of the reverse loop: per step t = T-1 .. 0,
+    :func:`_backward_rows`, then ``grad_r = delta^h_t W_hh`` (``ctl[2]`` column chunks).
+    ``arrays`` as :func:`_backward_rows` takes them."""
+    grad_r, step_h = arrays[5], arrays[9]
+    T, N, _ = arrays[3].shape
+    old = _set_local_threads(ctl[1], 1)
+    for stage in range(2 * T):
+        t = T - 1 - stage // 2
+        for i in range(parts):
+            k = (p + i) % parts
+            if not _claim(sync, k, stage, k == p):
+                continue
+            if stage % 2 == 0:
+                _backward_rows(t, k * N // parts, (k + 1) * N // parts, *arrays)
+            else:
+                gemm_columns(ctl[0], k, parts, ctl[2], step_h, w, grad_r, NO_BIAS)
+            _done(sync, k, stage)
+    _set_local_threads(ctl[1], old)
+
+
+@_kernel
+def _backward_region(arrays, w, ctl, sync):
+    _backward_region_blocks(0, 1, arrays, w, ctl, sync)
+
+
+@_kernel_parallel
+def _backward_region_threads(arrays, w, ctl, sync):
+    parts = sync.shape[1]
+    for p in prange(parts):
+        _backward_region_blocks(p, parts, arrays, w, ctl, sync)
+
+
 class GRUCompiledFunction(torch.autograd.Function):
     """The torch-form GRU's forward and hand-derived backward, each step one matmul and
     one compiled pass.  ``apply(x, h0, weight_ih, weight_hh, bias_ih, bias_hh)``."""
@@ -142,8 +220,13 @@ class GRUCompiledFunction(torch.autograd.Function):
         arrays = (*map(_out, (gates, rec)), _np(h0), *map(_out, (us, hs)))
         parts = _parts(N)
         w_hh_t = step_weight(weight_hh)
+        region = _region_parts(N)  # the whole loop in one compiled call
+        if region is not None:
+            b_hh = x.new_empty(0) if bias_hh is None else bias_hh
+            args = (*arrays, _np(w_hh_t), _np(b_hh), _ctl(arrays[0].dtype, 3 * H))
+            _region_call(_forward_region, _forward_region_threads, region, *args)
         h = h0.detach()
-        for t in range(T):
+        for t in range(T if region is None else 0):
             if bias_hh is None:
                 torch.mm(h, w_hh_t, out=rec)
             else:
@@ -171,7 +254,12 @@ class GRUCompiledFunction(torch.autograd.Function):
             *map(_out, (grad_r, carry, delta, grad_n_r, step_h)),
         )
         parts = _parts(x.shape[1])
-        for t in range(x.shape[0] - 1, -1, -1):
+        region = _region_parts(x.shape[1])  # the whole loop in one compiled call
+        if region is not None:
+            ctl = _ctl(arrays[0].dtype, h0.shape[1])
+            _region_call(_backward_region, _backward_region_threads, region,
+                         arrays, _np(weight_hh), ctl)  # fmt: skip
+        for t in range(x.shape[0] - 1 if region is None else -1, -1, -1):
             if parts > 1:
                 _backward_step_threads(t, arrays, parts)
             else:
@@ -301,6 +389,87 @@ def _cho_backward_2_threads(t, arrays, parts):
         _cho_backward_rows_2(t, k * N // parts, (k + 1) * N // parts, *arrays)
 
 
+@_kernel
+def _cho_forward_region_blocks(p, parts, gates, rec, rec_n, h0, hs, rho, w_hrz_t, w_hn_t, ctl,
+                               sync):  # fmt: skip
+    """Thread ``p``'s share of the Cho form's forward loop: per step ``rec = h_{t-1}
+    W_hrz^T`` (``ctl[2]`` chunks), pass 1, ``rec_n = rho W_hn^T`` (``ctl[3]``), pass 2."""
+    T, N, _ = hs.shape
+    old = _set_local_threads(ctl[1], 1)
+    for stage in range(4 * T):
+        t, phase = stage // 4, stage % 4
+        for i in range(parts):
+            k = (p + i) % parts
+            if not _claim(sync, k, stage, k == p):
+                continue
+            lo, hi = k * N // parts, (k + 1) * N // parts
+            if phase == 0:
+                h = h0 if t == 0 else hs[t - 1]
+                gemm_columns(ctl[0], k, parts, ctl[2], h, w_hrz_t, rec, NO_BIAS)
+            elif phase == 1:
+                _cho_forward_rows_1(t, lo, hi, gates, rec, h0, hs, rho)
+            elif phase == 2:
+                gemm_columns(ctl[0], k, parts, ctl[3], rho, w_hn_t, rec_n, NO_BIAS)
+            else:
+                _cho_forward_rows_2(t, lo, hi, gates, rec_n, h0, hs)
+            _done(sync, k, stage)
+    _set_local_threads(ctl[1], old)
+
+
+@_kernel
+def _cho_forward_region(gates, rec, rec_n, h0, hs, rho, w_hrz_t, w_hn_t, ctl, sync):
+    _cho_forward_region_blocks(0, 1, gates, rec, rec_n, h0, hs, rho, w_hrz_t, w_hn_t, ctl, sync)
+
+
+@_kernel_parallel
+def _cho_forward_region_threads(gates, rec, rec_n, h0, hs, rho, w_hrz_t, w_hn_t, ctl, sync):
+    parts = sync.shape[1]
+    for p in prange(parts):
+        _cho_forward_region_blocks(p, parts, gates, rec, rec_n, h0, hs, rho, w_hrz_t, w_hn_t,
+                                   ctl, sync)  # fmt: skip
+
+
+@_kernel
+def _cho_backward_region_blocks(p, parts, first, second, w_hrz, w_hn, ctl, sync):
+    """Thread ``p``'s share of the Cho form's reverse loop: per step t = T-1 .. 0, pass 1,
+    ``grad_rho = delta^n_t W_hn`` (``ctl[2]`` chunks), pass 2, ``g_rz = [delta^r_t,
+    delta^z_t] W_hrz`` (``ctl[3]``).  ``first`` and ``second``: the passes' arrays."""
+    g_rz, delta, grad_rho = first[4], first[6], second[3]
+    T, N, _ = delta.shape
+    H = grad_rho.shape[1]
+    old = _set_local_threads(ctl[1], 1)
+    for stage in range(4 * T):
+        t, phase = T - 1 - stage // 4, stage % 4
+        for i in range(parts):
+            k = (p + i) % parts
+            if not _claim(sync, k, stage, k == p):
+                continue
+            lo, hi = k * N // parts, (k + 1) * N // parts
+            if phase == 0:
+                _cho_backward_rows_1(t, lo, hi, *first)
+            elif phase == 1:
+                gemm_columns(ctl[0], k, parts, ctl[2], delta[t, :, 2 * H :], w_hn, grad_rho,
+                             NO_BIAS)  # fmt: skip
+            elif phase == 2:
+                _cho_backward_rows_2(t, lo, hi, *second)
+            else:
+                gemm_columns(ctl[0], k, parts, ctl[3], delta[t, :, : 2 * H], w_hrz, g_rz, NO_BIAS)
+            _done(sync, k, stage)
+    _set_local_threads(ctl[1], old)
+
+
+@_kernel
+def _cho_backward_region(first, second, w_hrz, w_hn, ctl, sync):
+    _cho_backward_region_blocks(0, 1, first, second, w_hrz, w_hn, ctl, sync)
+
+
+@_kernel_parallel
+def _cho_backward_region_threads(first, second, w_hrz, w_hn, ctl, sync):
+    parts = sync.shape[1]
+    for p in prange(parts):
+        _cho_backward_region_blocks(p, parts, first, second, w_hrz, w_hn, ctl, sync)
+
+
 class GRUChoCompiledFunction(torch.autograd.Function):
     """The Cho-form GRU's forward and hand-derived backward, each step two matmuls, each
     followed by one compiled pass.  ``apply(x, h0, weight_ih, weight_hh, bias_ih,
@@ -318,8 +487,13 @@ class GRUChoCompiledFunction(torch.autograd.Function):
         parts = _parts(N)
         w_hrz_t = step_weight(weight_hh[: 2 * H])
         w_hn_t = step_weight(weight_hh[2 * H :])
+        region = _region_parts(N)  # the whole loop in one compiled call
+        if region is not None:
+            arrays = (g_np, rec_np, rec_n_np, h0_np, hs_np, rho_np, _np(w_hrz_t), _np(w_hn_t))
+            ctl = _ctl(g_np.dtype, 2 * H, H)
+            _region_call(_cho_forward_region, _cho_forward_region_threads, region, *arrays, ctl)
         h = h0.detach()
-        for t in range(T):
+        for t in range(T if region is None else 0):
             torch.mm(h, w_hrz_t, out=rec)
             if parts > 1:
                 _cho_forward_1_threads(t, g_np, rec_np, h0_np, hs_np, rho_np, parts)
@@ -350,7 +524,12 @@ class GRUChoCompiledFunction(torch.autograd.Function):
         first = (*common, _np(grad_hs), _out(g_rz), _out(carry), _out(delta))
         second = (*common, _out(grad_rho), _out(carry), _out(delta))
         parts = _parts(N)
-        for t in range(T - 1, -1, -1):
+        region = _region_parts(N)  # the whole loop in one compiled call
+        if region is not None:
+            ctl = _ctl(first[0].dtype, H, H)
+            _region_call(_cho_backward_region, _cho_backward_region_threads, region,
+                         first, second, _np(w_hrz), _np(w_hn), ctl)  # fmt: skip
+        for t in range(T - 1 if region is None else -1, -1, -1):
             if parts > 1:
                 _cho_backward_1_threads(t, first, parts)
             else:

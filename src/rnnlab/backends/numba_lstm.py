@@ -69,6 +69,13 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
+from rnnlab.backends.numba_blas import (
+    NO_BIAS,
+    _set_local_threads,
+    blas,
+    column_chunks,
+    gemm_columns,
+)
 from rnnlab.backends.numba_generate import _POOL_PID, _kernel_parallel, _matvec_t, threads_usable
 from rnnlab.backends.numba_math import (
     _claim,
@@ -650,6 +657,125 @@ def _backward_sequence_threads(arrays, opts, ln, scratch, w, blocks, sync):
         _backward_blocks(p, parts, arrays, opts, ln, scratch, w, blocks, sync)
 
 
+# -- a batch in one call: the matmuls inside the parallel region ---------------------------
+#
+# With several sequences and the BLAS that PyTorch ships (:mod:`rnnlab.backends.numba_blas`)
+# the time loop runs in one parallel region too.  Each step is a few stages: a product,
+# cut into column chunks that the threads share (``gemm_columns``, MKL on each thread
+# alone), then a pass over the rows, split into one block of rows per thread
+# (:func:`_forward_rows` as above); the threads meet after each stage
+# (``numba_math._claim``).  Neither the chunks nor the rows depend on the thread count, so
+# neither do the results.  ``ctl`` (int64): the gemm's address, MKL's
+# ``MKL_Set_Num_Threads_Local``, and the column chunks of each product of the loop.
+
+
+@_kernel
+def _forward_region_blocks(p, parts, arrays, opts, ln, w_t, w_hr_t, ctl, sync):
+    """Thread ``p``'s share of the forward pass of a batch: per step, ``a_h = r W_hh^T``
+    (``w_t`` = W_hh^T, ``ctl[2]`` chunks), then :func:`_forward_rows`; a projected layer
+    then ``h~_t = u_t W_hr^T`` (``w_hr_t``, ``ctl[3]`` chunks) and :func:`_project_rows`."""
+    a_h, hs, cs, r, us = arrays[1], arrays[4], arrays[5], arrays[8], arrays[9]
+    T, N, H = cs.shape
+    stages = 4 if us.shape[2] > 0 else 2
+    old = _set_local_threads(ctl[1], 1)
+    for stage in range(stages * T):
+        t, phase = stage // stages, stage % stages
+        for i in range(parts):
+            k = (p + i) % parts  # its own block first
+            if not _claim(sync, k, stage, k == p):
+                continue
+            lo, hi = k * N // parts, (k + 1) * N // parts
+            if phase == 0:
+                gemm_columns(ctl[0], k, parts, ctl[2], r, w_t, a_h, NO_BIAS)
+            elif phase == 1:
+                _forward_rows(t, lo, hi, arrays, opts, ln, 0, H)
+            elif phase == 2:
+                gemm_columns(ctl[0], k, parts, ctl[3], us[t], w_hr_t, hs[t], NO_BIAS)
+            else:
+                _project_rows(t, lo, hi, arrays, opts)
+            _done(sync, k, stage)
+    _set_local_threads(ctl[1], old)
+
+
+@_kernel
+def _forward_region(arrays, opts, ln, w_t, w_hr_t, ctl, sync):
+    _forward_region_blocks(0, 1, arrays, opts, ln, w_t, w_hr_t, ctl, sync)
+
+
+@_kernel_parallel
+def _forward_region_threads(arrays, opts, ln, w_t, w_hr_t, ctl, sync):
+    parts = sync.shape[1]
+    for p in prange(parts):
+        _forward_region_blocks(p, parts, arrays, opts, ln, w_t, w_hr_t, ctl, sync)
+
+
+@_kernel
+def _backward_region_blocks(p, parts, arrays, opts, ln, scratch, w, w_hr, ctl, sync):
+    """Thread ``p``'s share of the reverse loop of a batch: per step t = T-1 .. 0, a
+    projected layer first h~-bar_t (:func:`_unproject_rows`) and ``u-bar = h~-bar_t W_hr``
+    (``ctl[3]`` chunks); then :func:`_backward_rows` and ``grad_r = a^h-bar_t W_hh`` (``w``
+    = W_hh, ``ctl[2]`` chunks), which after step 0 is W_hh^T a^h-bar_0, for h0's
+    gradient.  ``scratch`` (parts, 9H): block k's rows."""
+    grad_r, grad_a_h, cs = arrays[6], arrays[10], arrays[2]
+    grad_u, grad_h_tildes = arrays[12], arrays[13]
+    T, N, H = cs.shape
+    proj = grad_u.shape[1] > 0
+    stages = 4 if proj else 2
+    first = 0 if proj else 2
+    old = _set_local_threads(ctl[1], 1)
+    for stage in range(stages * T):
+        t, phase = T - 1 - stage // stages, first + stage % stages
+        for i in range(parts):
+            k = (p + i) % parts
+            if not _claim(sync, k, stage, k == p):
+                continue
+            lo, hi = k * N // parts, (k + 1) * N // parts
+            if phase == 0:
+                _unproject_rows(t, lo, hi, arrays, opts)
+            elif phase == 1:
+                gemm_columns(ctl[0], k, parts, ctl[3], grad_h_tildes[t], w_hr, grad_u, NO_BIAS)
+            elif phase == 2:
+                _backward_rows(t, lo, hi, arrays, opts, ln, scratch[k], 0, H)
+            else:
+                gemm_columns(ctl[0], k, parts, ctl[2], grad_a_h[t], w, grad_r, NO_BIAS)
+            _done(sync, k, stage)
+    _set_local_threads(ctl[1], old)
+
+
+@_kernel
+def _backward_region(arrays, opts, ln, scratch, w, w_hr, ctl, sync):
+    _backward_region_blocks(0, 1, arrays, opts, ln, scratch, w, w_hr, ctl, sync)
+
+
+@_kernel_parallel
+def _backward_region_threads(arrays, opts, ln, scratch, w, w_hr, ctl, sync):
+    parts = sync.shape[1]
+    for p in prange(parts):
+        _backward_region_blocks(p, parts, arrays, opts, ln, scratch, w, w_hr, ctl, sync)
+
+
+def _region_parts(N: int) -> int | None:
+    """How many blocks a batch's whole-loop call is split into (:func:`_parts`, one row
+    at least each), or None where the loop stays in Python with PyTorch's matmuls: no
+    usable BLAS (:func:`rnnlab.backends.numba_blas.blas`), or PyTorch has threads that
+    Numba's cannot match (a forked process: then ``torch.mm`` keeps them busy)."""
+    if blas() is None or (torch.get_num_threads() > 1 and not threads_usable()):
+        return None
+    return _parts(N, 1)
+
+
+def _region_call(single, threaded, parts: int, *args) -> None:
+    (threaded if parts > 1 else single)(*args, new_sync(parts))
+
+
+def _ctl(dtype, *widths) -> np.ndarray:
+    """``ctl`` for a region call: the gemm for ``dtype``, MKL's thread setter and the
+    column chunks of products ``widths`` wide."""
+    lib = blas()
+    chunks = [column_chunks(w) for w in widths]
+    return np.array([lib.gemm(dtype), lib.set_local_threads, *chunks], dtype=np.int64)
+
+
 def _np(tensor, writes: bool = False):
     """A numpy view of ``tensor`` for a compiled pass.  Read-only inputs may be copied to
     make them contiguous; a tensor the pass ``writes`` must be contiguous already (a copy
@@ -705,6 +831,8 @@ class LSTMCompiledFunction(torch.autograd.Function):
         ln = tuple(map(_out, (a_h_hats, rstd_h, c_hats, rstd_c, a_x_hats, rstd_x)))
         ln += (_np(x.new_empty(0) if gamma_x is None else gamma_x), _np(shift))
         whole = N <= SEQUENCE_ROWS and not proj  # the whole sequence in one call
+        region = None if whole else _region_parts(N)  # a batch in one call
+        looped = not whole and region is None  # a batch step by step, torch.mm between
         if whole:
             r2 = x.new_empty(2, N, P)
             r2[1] = r  # r_{-1}
@@ -714,8 +842,12 @@ class LSTMCompiledFunction(torch.autograd.Function):
         else:
             parts = _parts(N)
             w_hh_t = step_weight(weight_hh)
-            w_hr_t = step_weight(weight_hr) if proj else None
-        for t in range(0 if whole else T):
+            w_hr_t = step_weight(weight_hr) if proj else x.new_empty(H, 0)
+        if region is not None:
+            ctl = _ctl(arrays[0].dtype, G, P)
+            _region_call(_forward_region, _forward_region_threads, region,
+                         arrays, opts, ln, _np(w_hh_t), _np(w_hr_t), ctl)  # fmt: skip
+        for t in range(T if looped else 0):
             torch.mm(r, w_hh_t, out=a_h)
             if parts > 1:
                 _forward_step_threads(t, arrays, opts, ln, parts)
@@ -757,8 +889,10 @@ class LSTMCompiledFunction(torch.autograd.Function):
         grad_u = x.new_empty(N, H if proj else 0)  # W_hr^T h~-bar_t (projection)
         grad_h_tildes = x.new_empty(T, N, P if proj else 0)  # h~-bar of every step (W_hr)
         whole = N <= SEQUENCE_ROWS and not proj
+        region = None if whole else _region_parts(N)
         parts = _parts(N)
-        scratch = np.empty((1 if whole else parts, 9 * H), dtype=_np(gates).dtype)
+        blocks = 1 if whole else (parts if region is None else region)
+        scratch = np.empty((blocks, 9 * H), dtype=_np(gates).dtype)
         arrays = tuple(map(_np, (gates, c0, cs, ys, grad_hs, grad_cs)))
         arrays += tuple(map(_out, (grad_r, carry_h, carry_c, grad_gates, grad_a_h)))
         arrays += (_np(c_tildes),)
@@ -774,7 +908,13 @@ class LSTMCompiledFunction(torch.autograd.Function):
             call = _backward_sequence_threads if threads else _backward_sequence
             blocks = np.empty(4 * H * H if threads else 0, scratch.dtype)  # one block reads W
             call(arrays, ctx.opts, ln, scratch, _np(weight_hh), blocks, sync)
-        for t in range(-1 if whole else T - 1, -1, -1):
+        elif region is not None:
+            ctl = _ctl(scratch.dtype, P, H)
+            w_hr = _np(weight_hr) if proj else np.empty((0, H), scratch.dtype)
+            _region_call(_backward_region, _backward_region_threads, region,
+                         arrays, ctx.opts, ln, scratch, _np(weight_hh), w_hr, ctl)  # fmt: skip
+        looped = not whole and region is None  # step by step, torch.mm between
+        for t in range(T - 1 if looped else -1, -1, -1):
             if proj:  # h~-bar_t, then u-bar_t = h~-bar_t W_hr
                 if parts > 1:
                     _unproject_step_threads(t, arrays, ctx.opts, parts)

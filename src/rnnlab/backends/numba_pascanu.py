@@ -33,9 +33,10 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
+from rnnlab.backends.numba_blas import NO_BIAS, _set_local_threads, gemm_columns
 from rnnlab.backends.numba_generate import SIGMOID, TANH, _kernel_parallel
-from rnnlab.backends.numba_lstm import _np, _out, _parts
-from rnnlab.backends.numba_math import _kernel, _sigmoid_fast, _tanh_fast
+from rnnlab.backends.numba_lstm import _ctl, _np, _out, _parts, _region_call, _region_parts
+from rnnlab.backends.numba_math import _claim, _done, _kernel, _sigmoid_fast, _tanh_fast
 from rnnlab.cells.elman import input_projection, step_weight
 from rnnlab.cells.pascanu import check_sigma, pascanu_grads
 
@@ -109,6 +110,73 @@ def _backward_step_threads(t, kind, s_prev, grad_xs, g, delta, parts):
         _backward_rows(t, lo, hi, kind, s_prev, grad_xs, g, delta)
 
 
+# The whole loop in one parallel region, the matmuls inside it (numba_lstm, "a batch in one
+# call"): per step a product cut into column chunks, then a pass over blocks of rows.
+@_kernel
+def _forward_region_blocks(p, parts, kind, xs, s_prev, rec, w_t, ctl, sync):
+    """Thread ``p``'s share of the forward loop: per step ``rec = s_prev[t] W_rec^T``
+    (``ctl[2]`` column chunks), then :func:`_forward_rows`."""
+    T, N, _ = xs.shape
+    old = _set_local_threads(ctl[1], 1)
+    for stage in range(2 * T):
+        t = stage // 2
+        for i in range(parts):
+            k = (p + i) % parts  # its own block first
+            if not _claim(sync, k, stage, k == p):
+                continue
+            if stage % 2 == 0:
+                gemm_columns(ctl[0], k, parts, ctl[2], s_prev[t], w_t, rec, NO_BIAS)
+            else:
+                _forward_rows(t, k * N // parts, (k + 1) * N // parts, kind, xs, s_prev, rec)
+            _done(sync, k, stage)
+    _set_local_threads(ctl[1], old)
+
+
+@_kernel
+def _forward_region(kind, xs, s_prev, rec, w_t, ctl, sync):
+    _forward_region_blocks(0, 1, kind, xs, s_prev, rec, w_t, ctl, sync)
+
+
+@_kernel_parallel
+def _forward_region_threads(kind, xs, s_prev, rec, w_t, ctl, sync):
+    parts = sync.shape[1]
+    for p in prange(parts):
+        _forward_region_blocks(p, parts, kind, xs, s_prev, rec, w_t, ctl, sync)
+
+
+@_kernel
+def _backward_region_blocks(p, parts, kind, s_prev, grad_xs, g, delta, w, ctl, sync):
+    """Thread ``p``'s share of the reverse loop: per step t = T-1 .. 0,
+    :func:`_backward_rows`, then ``g = delta_t W_rec`` (``ctl[2]`` column chunks)."""
+    T, N, _ = delta.shape
+    old = _set_local_threads(ctl[1], 1)
+    for stage in range(2 * T):
+        t = T - 1 - stage // 2
+        for i in range(parts):
+            k = (p + i) % parts
+            if not _claim(sync, k, stage, k == p):
+                continue
+            if stage % 2 == 0:
+                lo, hi = k * N // parts, (k + 1) * N // parts
+                _backward_rows(t, lo, hi, kind, s_prev, grad_xs, g, delta)
+            else:
+                gemm_columns(ctl[0], k, parts, ctl[2], delta[t], w, g, NO_BIAS)
+            _done(sync, k, stage)
+    _set_local_threads(ctl[1], old)
+
+
+@_kernel
+def _backward_region(kind, s_prev, grad_xs, g, delta, w, ctl, sync):
+    _backward_region_blocks(0, 1, kind, s_prev, grad_xs, g, delta, w, ctl, sync)
+
+
+@_kernel_parallel
+def _backward_region_threads(kind, s_prev, grad_xs, g, delta, w, ctl, sync):
+    parts = sync.shape[1]
+    for p in prange(parts):
+        _backward_region_blocks(p, parts, kind, s_prev, grad_xs, g, delta, w, ctl, sync)
+
+
 class PascanuCompiledFunction(torch.autograd.Function):
     """The Pascanu form's forward and hand-derived backward, each step one matmul and one
     compiled pass.  ``apply(u, x0, weight_ih, weight_hh, bias, sigma)``."""
@@ -126,7 +194,11 @@ class PascanuCompiledFunction(torch.autograd.Function):
         arrays = (_out(xs), _out(s_prev), _out(rec))
         parts = _parts(N)
         w_rec_t = step_weight(weight_hh)
-        for t in range(T):
+        region = _region_parts(N)  # the whole loop in one compiled call
+        if region is not None:
+            _region_call(_forward_region, _forward_region_threads, region,
+                         kind, *arrays, _np(w_rec_t), _ctl(arrays[0].dtype, H))  # fmt: skip
+        for t in range(T if region is None else 0):
             torch.mm(s_prev[t], w_rec_t, out=rec)
             if parts > 1:
                 _forward_step_threads(t, kind, *arrays, parts)
@@ -147,7 +219,11 @@ class PascanuCompiledFunction(torch.autograd.Function):
         g = s_prev.new_zeros(N, H)  # W_rec^T delta_{t+1}
         arrays = (_np(s_prev), _np(grad_xs), _out(g), _out(delta))
         parts = _parts(N)
-        for t in range(T - 1, -1, -1):
+        region = _region_parts(N)  # the whole loop in one compiled call
+        if region is not None:
+            _region_call(_backward_region, _backward_region_threads, region,
+                         kind, *arrays, _np(weight_hh), _ctl(arrays[0].dtype, H))  # fmt: skip
+        for t in range(T - 1 if region is None else -1, -1, -1):
             if parts > 1:
                 _backward_step_threads(t, kind, *arrays, parts)
             else:
