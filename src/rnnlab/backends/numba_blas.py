@@ -40,17 +40,20 @@ import ctypes
 import functools
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from llvmlite import ir
-from numba import types
+from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from rnnlab.backends.numba_math import _kernel, numba_threads
+from rnnlab.backends.numba_math import _jit, _kernel, numba_threads
+
+_kernel_par = functools.partial(_jit, refcounts=False, parallel=True)
 
 _TORCH_LIBRARY = {  # where PyTorch keeps its CPU library, by platform
     "linux": "libtorch_cpu.so",
@@ -59,27 +62,39 @@ _TORCH_LIBRARY = {  # where PyTorch keeps its CPU library, by platform
 }
 
 
+FORTRAN, BRGEMM = 0, 1  # how a product is called: Fortran's ?gemm_, or oneDNN's brgemm
+
+# at::native::cpublas::brgemm(M, N, K, ld_a, ld_b, ld_c, add_C, const float* A,
+# const float* B, float* C, bool is_vnni): oneDNN's batch-reduce GEMM micro-kernel, as
+# PyTorch exports it (C++ name, so only this exact signature is found).
+_BRGEMM_F32 = "_ZN2at6native7cpublas6brgemmEllllllbPKfS3_Pfb"
+
+
 @dataclass(frozen=True)
 class Blas:
-    """Addresses of the BLAS functions the compiled loops call (integers, for
-    :func:`_gemm` and :func:`_set_local_threads`)."""
+    """Addresses of the functions the compiled loops call (integers, for :func:`_gemm`,
+    :func:`_brgemm` and :func:`_set_local_threads`); ``brgemm`` is 0 where there is none."""
 
     sgemm: int
     dgemm: int
     set_local_threads: int
+    brgemm: int = 0
 
-    def gemm(self, dtype) -> int:
-        """The gemm for arrays of ``dtype`` (float32 or float64)."""
-        return self.sgemm if np.dtype(dtype) == np.float32 else self.dgemm
+    def product(self, dtype) -> tuple[int, int]:
+        """(kind, address) of the product for arrays of ``dtype``: oneDNN's brgemm for
+        float32 where it is found, else MKL's sgemm_ or dgemm_."""
+        if np.dtype(dtype) == np.float32:
+            return (BRGEMM, self.brgemm) if self.brgemm else (FORTRAN, self.sgemm)
+        return FORTRAN, self.dgemm
 
 
 @functools.lru_cache(maxsize=1)
 def blas() -> Blas | None:
-    """PyTorch's own MKL, when its library exports what the loops call; else None (see the
-    module docstring).  ``RNNLAB_BLAS=torch`` gives None."""
-    if os.environ.get("RNNLAB_BLAS", "mkl") == "torch":
-        return None
-    if not torch.backends.mkl.is_available():
+    """PyTorch's own MKL (and oneDNN's brgemm), when its library exports what the loops
+    call; else None (see the module docstring).  ``RNNLAB_BLAS=torch`` gives None,
+    ``RNNLAB_BLAS=mkl`` leaves brgemm out."""
+    choice = os.environ.get("RNNLAB_BLAS", "auto")
+    if choice == "torch" or not torch.backends.mkl.is_available():
         return None
     name = _TORCH_LIBRARY.get(sys.platform)
     path = Path(torch.__file__).parent / "lib" / (name or "")
@@ -90,7 +105,32 @@ def blas() -> Blas | None:
         found = [lib.sgemm_, lib.dgemm_, lib.MKL_Set_Num_Threads_Local]
     except (OSError, AttributeError):
         return None
-    return Blas(*(ctypes.cast(f, ctypes.c_void_p).value for f in found))
+    addresses = [ctypes.cast(f, ctypes.c_void_p).value for f in found]
+    brgemm = _working_brgemm(lib) if choice == "auto" else 0
+    return Blas(*addresses, brgemm=brgemm)
+
+
+def _working_brgemm(lib) -> int:
+    """The address of PyTorch's float32 brgemm, if it exports one and it computes a small
+    product right (a PyTorch whose function kept the name but not the meaning is left
+    alone); else 0.  With oneDNN off (``torch.backends.mkldnn``) PyTorch's brgemm itself
+    falls back to its BLAS."""
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    try:
+        fn = getattr(lib, _BRGEMM_F32)
+    except AttributeError:
+        return 0
+    long, pointer, flag = ctypes.c_long, ctypes.c_void_p, ctypes.c_bool
+    fn.restype, fn.argtypes = None, [long] * 6 + [flag, pointer, pointer, pointer, flag]
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 9)).astype(np.float32)  # rows of 9 of which 7 are used
+    b = rng.standard_normal((7, 4)).astype(np.float32)
+    c = np.ones((5, 6), np.float32)  # C = A B + C in its first 3 columns
+    fn(5, 3, 7, 9, 4, 6, True, a.ctypes.data, b.ctypes.data, c.ctypes.data, False)
+    expected = a[:, :7].astype(np.float64) @ b[:, :3] + 1.0
+    ok = np.allclose(c[:, :3], expected, atol=1e-5) and np.all(c[:, 3:] == 1.0)
+    return ctypes.cast(fn, ctypes.c_void_p).value if ok else 0
 
 
 def column_chunks(width: int, pool: int | None = None) -> int:
@@ -132,44 +172,83 @@ def _function(context, builder, address, ty, fnty):
 
 
 @intrinsic
-def _gemm(typingctx, fn, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
-    """Row-major ``C = A op(B) + beta C`` through the Fortran gemm at address ``fn``:
-    A (m x k, row stride ``lda``), op(B) = B (k x n, stride ``ldb``) or, with ``trans_b``,
-    B^T for B (n x k); C (m x n, stride ``ldc``).  ``a``, ``b``, ``c`` are arrays whose
-    first element is the matrix's first; ``beta`` is 0 or 1."""
-    sig = types.void(fn, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc)
+def _gemm(typingctx, fn, m, n, k, a, lda, b, ldb, c, ldc, add):
+    """Row-major ``C = A B`` (``C += A B`` with ``add``) through the Fortran ?gemm_ at
+    address ``fn``: A (m x k, row stride ``lda``), B (k x n, ``ldb``), C (m x n, ``ldc``);
+    ``a``, ``b``, ``c`` are arrays whose first element is the matrix's first.  Computed
+    as the column-major C^T = B^T A^T."""
+    sig = types.void(fn, m, n, k, a, lda, b, ldb, c, ldc, add)
 
     def codegen(context, builder, signature, args):
-        fn_, tb, m_, n_, k_, a_, lda_, b_, ldb_, beta_, c_, ldc_ = args
+        fn_, m_, n_, k_, a_, lda_, b_, ldb_, c_, ldc_, add_ = args
         ts = signature.args
-        real_type = ts[5].dtype
+        real_type = ts[4].dtype
         real = context.get_value_type(real_type)
         char = ir.IntType(8)
         normal = _slot(builder, char, ir.Constant(char, ord("N")))
-        transposed = _slot(builder, char, ir.Constant(char, ord("T")))
-        flag = context.cast(builder, tb, ts[1], types.boolean)
-        op_b = builder.select(flag, transposed, normal)
         one = _slot(builder, real, ir.Constant(real, 1.0))
-        beta_slot = _slot(builder, real, context.cast(builder, beta_, ts[9], real_type))
+        flag = context.cast(builder, add_, ts[10], types.boolean)
+        beta = builder.select(flag, ir.Constant(real, 1.0), ir.Constant(real, 0.0))
         fnty = ir.FunctionType(ir.VoidType(), [_I8P] * 13)
         call = _function(context, builder, fn_, ts[0], fnty)
-        # column-major C^T (n x m) = op(B)^T (n x k) A^T (k x m)
+
+        def int32(value, ty):
+            return _int32_slot(context, builder, value, ty)
+
         builder.call(
             call,
             [
-                op_b,
                 normal,
-                _int32_slot(context, builder, n_, ts[3]),
-                _int32_slot(context, builder, m_, ts[2]),
-                _int32_slot(context, builder, k_, ts[4]),
+                normal,
+                int32(n_, ts[2]),
+                int32(m_, ts[1]),
+                int32(k_, ts[3]),
                 one,
-                _data(context, builder, ts[7], b_),
-                _int32_slot(context, builder, ldb_, ts[8]),
-                _data(context, builder, ts[5], a_),
-                _int32_slot(context, builder, lda_, ts[6]),
-                beta_slot,
-                _data(context, builder, ts[10], c_),
-                _int32_slot(context, builder, ldc_, ts[11]),
+                _data(context, builder, ts[6], b_),
+                int32(ldb_, ts[7]),
+                _data(context, builder, ts[4], a_),
+                int32(lda_, ts[5]),
+                _slot(builder, real, beta),
+                _data(context, builder, ts[8], c_),
+                int32(ldc_, ts[9]),
+            ],
+        )
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _brgemm(typingctx, fn, m, n, k, a, lda, b, ldb, c, ldc, add):
+    """The same product through PyTorch's float32 ``at::native::cpublas::brgemm`` at
+    address ``fn`` (row-major already; ``is_vnni`` false)."""
+    sig = types.void(fn, m, n, k, a, lda, b, ldb, c, ldc, add)
+
+    def codegen(context, builder, signature, args):
+        fn_, m_, n_, k_, a_, lda_, b_, ldb_, c_, ldc_, add_ = args
+        ts = signature.args
+        i64, i8 = ir.IntType(64), ir.IntType(8)
+        fnty = ir.FunctionType(ir.VoidType(), [i64] * 6 + [i8, _I8P, _I8P, _I8P, i8])
+        call = _function(context, builder, fn_, ts[0], fnty)
+
+        def long(value, ty):
+            return context.cast(builder, value, ty, types.int64)
+
+        flag = builder.zext(context.cast(builder, add_, ts[10], types.boolean), i8)
+        builder.call(
+            call,
+            [
+                long(m_, ts[1]),
+                long(n_, ts[2]),
+                long(k_, ts[3]),
+                long(lda_, ts[5]),
+                long(ldb_, ts[7]),
+                long(ldc_, ts[9]),
+                flag,
+                _data(context, builder, ts[4], a_),
+                _data(context, builder, ts[6], b_),
+                _data(context, builder, ts[8], c_),
+                ir.Constant(i8, 0),
             ],
         )
         return context.get_dummy_value()
@@ -191,38 +270,274 @@ def _set_local_threads(typingctx, fn, count):
     return types.int64(fn, count), codegen
 
 
-# -- products cut into column chunks --------------------------------------------------------
+# -- the products of a loop's steps ------------------------------------------------------
+#
+# ``ctl`` (int64), made by :func:`make_ctl` for one compiled loop: how to call the product
+# (kind, address), MKL's thread setter, whether the threads split the rows of a step (each
+# runs its sequences through every step, meeting nobody) or each product's columns and
+# then the rows of its pass (meeting after each), and the column chunks of each product.
+KIND, FN, SET_LOCAL, SPLIT_ROWS, CHUNKS = 0, 1, 2, 3, 4
+NO_BIAS = np.empty(0)  # ``bias`` for a product without one
+MIN_ROWS = 8  # rows a thread takes at least before the rows are split (brgemm only)
 
-NO_BIAS = np.empty(0)  # gemm_columns' ``bias`` for a product without one
+
+def make_ctl(dtype, rows: int, parts: int, *widths: int) -> np.ndarray:
+    """``ctl`` for a loop over ``rows`` sequences in ``parts`` blocks whose products are
+    ``widths`` columns wide.  The rows are split only with brgemm, whose results do not
+    depend on how a product is cut (MKL's do; its column chunks are then fixed by the
+    widths and the pool, :func:`column_chunks`), and with :data:`MIN_ROWS` each."""
+    lib = blas()
+    kind, address = lib.product(dtype)
+    split_rows = kind == BRGEMM and rows >= MIN_ROWS * parts
+    chunks = [column_chunks(w) for w in widths]
+    return np.array([kind, address, lib.set_local_threads, split_rows, *chunks], np.int64)
 
 
 @_kernel
-def gemm_columns(gemm, block, parts, chunks, a, b, c, bias):
-    """Block ``block`` of ``parts`` of ``c = a b (+ bias)``: the column chunks ``block``,
-    ``block + parts``, ... of ``chunks`` (:func:`column_chunks`).  Row-major 2-D arrays,
-    each row contiguous: ``a`` (m, k), ``b`` (k, n), ``c`` (m, n); ``bias`` (n,) is added
-    to every row (length 0: none).  ``gemm``: :meth:`Blas.gemm`."""
+def _product(ctl, m, n, k, a, b, c, add):
+    """Row-major ``c[:m, :n] (+)= a[:m, :k] b[:k, :n]`` (rows contiguous, any row strides)."""
+    lda, ldb = a.strides[0] // a.itemsize, b.strides[0] // b.itemsize
+    ldc = c.strides[0] // c.itemsize
+    if ctl[KIND] == BRGEMM:
+        _brgemm(ctl[FN], m, n, k, a, lda, b, ldb, c, ldc, add)
+    else:
+        _gemm(ctl[FN], m, n, k, a, lda, b, ldb, c, ldc, add)
+
+
+@_kernel
+def _fill_bias(c, bias, lo, hi):
+    """Every row of ``c[:, lo:hi]`` = ``bias[lo:hi]``."""
+    for i in range(c.shape[0]):
+        row, add = c[i, lo:hi], bias[lo:hi]
+        for j in range(hi - lo):
+            row[j] = add[j]
+
+
+@_kernel
+def product_columns(ctl, chunk, block, parts, a, b, c, bias):
+    """Block ``block`` of ``parts`` of ``c = a b (+ bias)``: its column chunks ``block``,
+    ``block + parts``, ... of ``ctl[chunk]``.  ``a`` (m, k), ``b`` (k, n), ``c`` (m, n),
+    row-major, rows contiguous; ``bias`` (n,) is added to every row (length 0: none)."""
     m, k = a.shape
     n = c.shape[1]
-    with_bias = bias.shape[0] > 0
+    chunks = ctl[chunk]
     for q in range(block, chunks, parts):
         lo, hi = q * n // chunks, (q + 1) * n // chunks
-        if hi == lo:
-            continue
-        c_q = c[:, lo:]
-        if with_bias:  # C = bias, then C = A B + C
-            for i in range(m):
-                row, add = c_q[i, : hi - lo], bias[lo:hi]
-                for j in range(hi - lo):
-                    row[j] = add[j]
-        _gemm(gemm, False, m, hi - lo, k, a, a.strides[0] // a.itemsize, b[:, lo:],
-              b.strides[0] // b.itemsize, 1.0 if with_bias else 0.0, c_q,
-              c.strides[0] // c.itemsize)  # fmt: skip
+        if hi > lo:
+            if bias.shape[0] > 0:
+                _fill_bias(c, bias, lo, hi)
+            _product(ctl, m, hi - lo, k, a, b[:, lo:], c[:, lo:], bias.shape[0] > 0)
 
 
-def gemm_ready(array) -> bool:
-    """Whether :func:`gemm_columns` can take ``array`` as it is: 2-D with rows contiguous."""
-    return array.ndim == 2 and (array.shape[1] <= 1 or array.strides[1] == array.itemsize)
+@_kernel
+def product_block(ctl, chunk, k, parts, lo, hi, a, b, c, bias):
+    """Block ``k`` of ``parts`` of ``c = a b (+ bias)``: rows ``lo:hi`` where the loop
+    splits rows (``ctl[SPLIT_ROWS]``), else its column chunks of ``ctl[chunk]``."""
+    if ctl[SPLIT_ROWS]:
+        product_rows(ctl, lo, hi, a, b, c, bias)
+    else:
+        product_columns(ctl, chunk, k, parts, a, b, c, bias)
 
 
-__all__ = ["NO_BIAS", "Blas", "blas", "column_chunks", "gemm_columns", "gemm_ready"]
+@_kernel
+def stages_of(ctl, stage, per_step, steps):
+    """The stages that block's claim of ``stage`` covers: all ``per_step * steps`` of them
+    where the rows are split (one claim per block: it runs its rows through every step),
+    else that stage alone."""
+    if ctl[SPLIT_ROWS]:
+        return range(per_step * steps)
+    return range(stage, stage + 1)
+
+
+@_kernel
+def claims(ctl, per_step, steps):
+    """How many stages the threads meet at: one where the rows are split, else every
+    stage of every step."""
+    return 1 if ctl[SPLIT_ROWS] else per_step * steps
+
+
+@_kernel
+def product_rows(ctl, lo, hi, a, b, c, bias):
+    """Rows ``lo:hi`` of ``c = a b (+ bias)``, arrays as :func:`product_columns`."""
+    if hi > lo:
+        c_rows = c[lo:hi]
+        if bias.shape[0] > 0:
+            _fill_bias(c_rows, bias, 0, c.shape[1])
+        _product(ctl, hi - lo, c.shape[1], a.shape[1], a[lo:], b, c_rows, bias.shape[0] > 0)
+
+
+# -- a whole product on the threads ---------------------------------------------------------
+#
+# The products over every step (the input projection, the weight gradients, the input's
+# gradient) in tiles of about TILE_M x TILE_N, each tile's sum over k in blocks of TILE_K
+# (so that its block of B stays in L2 cache), added in order; the tiles are fixed by the
+# shape, so the result does not depend on the threads.
+
+TILE_M, TILE_N, TILE_K = 64, 256, 256
+MATMUL_MIN_WORK = 1 << 20  # multiply-adds below which PyTorch's product is as quick
+
+
+@_kernel
+def _tile(ctl, a, b, c, bias, r0, r1, c0, c1):
+    """``c[r0:r1, c0:c1] = a[r0:r1] b[:, c0:c1] (+ bias[c0:c1])``, the sum over k in blocks
+    of TILE_K, in order."""
+    kk = a.shape[1]
+    c_tile = c[r0:r1, c0:]
+    add = bias.shape[0] > 0
+    if add:
+        _fill_bias(c_tile[:, : c1 - c0], bias[c0:c1], 0, c1 - c0)
+    for k0 in range(0, kk, TILE_K):
+        k1 = min(kk, k0 + TILE_K)
+        _product(ctl, r1 - r0, c1 - c0, k1 - k0, a[r0:, k0:], b[k0:, c0:], c_tile, add or k0 > 0)
+
+
+@_kernel
+def _tiles(ctl, a, b, c, bias, p, parts):
+    """Thread ``p``'s share of the tiles of ``c = a b (+ bias)``."""
+    m, n = c.shape
+    rows, cols = (m + TILE_M - 1) // TILE_M, (n + TILE_N - 1) // TILE_N
+    tiles = rows * cols
+    old = _set_local_threads(ctl[SET_LOCAL], 1)
+    for q in range(p * tiles // parts, (p + 1) * tiles // parts):
+        i, j = q // cols, q % cols
+        _tile(ctl, a, b, c, bias, i * m // rows, (i + 1) * m // rows, j * n // cols,
+              (j + 1) * n // cols)  # fmt: skip
+    _set_local_threads(ctl[SET_LOCAL], old)
+
+
+@_kernel
+def _matmul_one(ctl, a, b, c, bias):
+    _tiles(ctl, a, b, c, bias, 0, 1)
+
+
+@_kernel_par
+def _matmul_threads(ctl, a, b, c, bias, parts):
+    for p in prange(parts):
+        _tiles(ctl, a, b, c, bias, p, parts)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b (+ bias)`` for 2-D float32 CPU tensors, through oneDNN's brgemm in tiles on
+    Numba's threads where :func:`blas` found it and the threads are usable; else
+    PyTorch's own ``a @ b``.  No autograd: for the hand-derived passes, which run with
+    gradients off.  An operand whose rows are not contiguous (a transposed view) is
+    copied first."""
+    lib = blas()
+    parts = _matmul_parts()
+    if (
+        lib is None
+        or not lib.brgemm
+        or parts is None
+        or torch.is_grad_enabled()
+        and (a.requires_grad or b.requires_grad)
+        or a.dtype != torch.float32
+        or b.dtype != torch.float32
+        or a.device.type != "cpu"
+        or b.device.type != "cpu"
+        or a.dim() != 2
+        or b.dim() != 2
+        or a.shape[0] * a.shape[1] * b.shape[1] < MATMUL_MIN_WORK
+    ):
+        return a @ b if bias is None else torch.addmm(bias, a, b)
+    c = a.new_empty(a.shape[0], b.shape[1])
+    ctl = make_ctl(np.float32, 0, 1)
+    args = (ctl, _rows(a, 0), _rows(b, 1), c.numpy(), NO_BIAS if bias is None else bias.numpy())
+    if parts > 1:
+        _matmul_threads(*args, parts)
+    else:
+        _matmul_one(*args)
+    return c
+
+
+def _rows(tensor: torch.Tensor, slot: int = 0) -> np.ndarray:
+    """A numpy view of 2-D ``tensor`` with contiguous rows; a transposed view (columns
+    contiguous) is copied into rows (:func:`_transpose_blocks`) in workspace ``slot``
+    (:func:`_workspace`: valid until the next call with that slot on this thread),
+    anything else by PyTorch."""
+    tensor = tensor.detach()
+    if tensor.shape[1] <= 1 or tensor.stride(1) == 1:
+        return tensor.numpy()
+    if tensor.stride(0) == 1:  # the transpose of a (cols, rows) array with rows contiguous
+        source = tensor.t().numpy()
+        out = _workspace(slot, tensor.shape, source.dtype)
+        parts = _matmul_parts() or 1
+        (_transposed_threads if parts > 1 else _transposed_one)(source, out, parts)
+        return out
+    return tensor.contiguous().numpy()
+
+
+_WORKSPACES = threading.local()
+
+
+def _workspace(slot: int, shape, dtype) -> np.ndarray:
+    """A scratch array of ``shape`` kept per thread and slot and reused while it is big
+    enough: a fresh one of a few MB costs a page fault per 4 KB page when first written,
+    as much time here as the transposed copy itself."""
+    spaces = _WORKSPACES.__dict__.setdefault("spaces", {})
+    size = int(np.prod(shape))
+    space = spaces.get((slot, np.dtype(dtype)))
+    if space is None or space.size < size:
+        space = spaces[(slot, np.dtype(dtype))] = np.empty(size, dtype)
+    return space[:size].reshape(shape)
+
+
+BLOCK = 32  # the square blocks a transposed copy moves (two 4 KB tiles of float32 in L1)
+
+
+@_kernel
+def _transpose_blocks(source, out, p, parts):
+    """Thread ``p``'s share of ``out = source^T``: the BLOCK-column stripes of ``source``
+    p, p + parts, ...; each stripe moved block by block, so reads and writes stay in
+    cache lines already loaded (PyTorch's strided copy ran 2.7 GB/s here)."""
+    rows, cols = source.shape
+    for c0 in range(p * BLOCK, cols, parts * BLOCK):
+        c1 = min(cols, c0 + BLOCK)
+        for r0 in range(0, rows, BLOCK):
+            r1 = min(rows, r0 + BLOCK)
+            for c in range(c0, c1):
+                dst = out[c, r0:r1]
+                for r in range(r1 - r0):
+                    dst[r] = source[r0 + r, c]
+
+
+@_kernel
+def _transposed_one(source, out, parts):
+    _transpose_blocks(source, out, 0, 1)
+
+
+@_kernel_par
+def _transposed_threads(source, out, parts):
+    for p in prange(parts):
+        _transpose_blocks(source, out, p, parts)
+
+
+def _matmul_parts() -> int | None:
+    """Threads for :func:`matmul`: PyTorch's count, as far as Numba has threads that may
+    run here; None where PyTorch has more than one but Numba's cannot run (a forked
+    process), so that PyTorch's own product keeps them."""
+    from rnnlab.backends.numba_generate import _POOL_PID, threads_usable
+
+    threads = torch.get_num_threads()
+    if threads == 1:
+        return 1
+    if not threads_usable():
+        return None
+    _POOL_PID[0] = _POOL_PID[0] or os.getpid()
+    return max(1, min(threads, numba_threads()))
+
+
+__all__ = [
+    "BRGEMM",
+    "FORTRAN",
+    "NO_BIAS",
+    "Blas",
+    "blas",
+    "column_chunks",
+    "make_ctl",
+    "matmul",
+    "claims",
+    "product_block",
+    "product_columns",
+    "product_rows",
+    "stages_of",
+]

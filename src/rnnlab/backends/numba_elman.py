@@ -18,9 +18,19 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
-from rnnlab.backends.numba_blas import NO_BIAS, _set_local_threads, gemm_columns
+from rnnlab.backends.numba_blas import (
+    CHUNKS,
+    NO_BIAS,
+    SET_LOCAL,
+    _set_local_threads,
+    claims,
+    make_ctl,
+    matmul,
+    product_block,
+    stages_of,
+)
 from rnnlab.backends.numba_generate import ACTIVATIONS, SIGMOID, TANH, _kernel_parallel
-from rnnlab.backends.numba_lstm import _ctl, _np, _out, _parts, _region_call, _region_parts
+from rnnlab.backends.numba_lstm import _np, _out, _parts, _region_call, _region_parts
 from rnnlab.backends.numba_math import _claim, _done, _kernel, _sigmoid_fast, _tanh_fast
 from rnnlab.cells.elman import _combined_bias, elman_grads, input_projection, step_weight
 
@@ -94,22 +104,24 @@ def _backward_step_threads(t, kind, hs, grad_hs, grad_r, delta, parts):
 @_kernel
 def _forward_region_blocks(p, parts, kind, hs, h0, rec, w_t, ctl, sync):
     """Thread ``p``'s share of :func:`recurrence_forward`: per step ``rec = h_{t-1} W_hh^T``
-    (``w_t`` = W_hh^T, ``ctl[2]`` column chunks), then :func:`_forward_rows`."""
+    (``w_t`` = W_hh^T), then :func:`_forward_rows`."""
     T, N, _ = hs.shape
-    old = _set_local_threads(ctl[1], 1)
-    for stage in range(2 * T):
-        t = stage // 2
+    old = _set_local_threads(ctl[SET_LOCAL], 1)
+    for stage in range(claims(ctl, 2, T)):
         for i in range(parts):
             k = (p + i) % parts  # its own block first
             if not _claim(sync, k, stage, k == p):
                 continue
-            if stage % 2 == 0:
-                h = h0 if t == 0 else hs[t - 1]
-                gemm_columns(ctl[0], k, parts, ctl[2], h, w_t, rec, NO_BIAS)
-            else:
-                _forward_rows(t, k * N // parts, (k + 1) * N // parts, kind, hs, rec)
+            lo, hi = k * N // parts, (k + 1) * N // parts
+            for s in stages_of(ctl, stage, 2, T):
+                t = s // 2
+                if s % 2 == 0:
+                    h = h0 if t == 0 else hs[t - 1]
+                    product_block(ctl, CHUNKS, k, parts, lo, hi, h, w_t, rec, NO_BIAS)
+                else:
+                    _forward_rows(t, lo, hi, kind, hs, rec)
             _done(sync, k, stage)
-    _set_local_threads(ctl[1], old)
+    _set_local_threads(ctl[SET_LOCAL], old)
 
 
 @_kernel
@@ -127,22 +139,23 @@ def _forward_region_threads(kind, hs, h0, rec, w_t, ctl, sync):
 @_kernel
 def _backward_region_blocks(p, parts, kind, hs, grad_hs, grad_r, delta, w, ctl, sync):
     """Thread ``p``'s share of :func:`recurrence_backward`: per step t = T-1 .. 0,
-    :func:`_backward_rows`, then ``grad_r = delta_t W_hh`` (``ctl[2]`` column chunks)."""
+    :func:`_backward_rows`, then ``grad_r = delta_t W_hh``."""
     T, N, _ = hs.shape
-    old = _set_local_threads(ctl[1], 1)
-    for stage in range(2 * T):
-        t = T - 1 - stage // 2
+    old = _set_local_threads(ctl[SET_LOCAL], 1)
+    for stage in range(claims(ctl, 2, T)):
         for i in range(parts):
             k = (p + i) % parts
             if not _claim(sync, k, stage, k == p):
                 continue
-            if stage % 2 == 0:
-                lo, hi = k * N // parts, (k + 1) * N // parts
-                _backward_rows(t, lo, hi, kind, hs, grad_hs, grad_r, delta)
-            else:
-                gemm_columns(ctl[0], k, parts, ctl[2], delta[t], w, grad_r, NO_BIAS)
+            lo, hi = k * N // parts, (k + 1) * N // parts
+            for s in stages_of(ctl, stage, 2, T):
+                t = T - 1 - s // 2
+                if s % 2 == 0:
+                    _backward_rows(t, lo, hi, kind, hs, grad_hs, grad_r, delta)
+                else:
+                    product_block(ctl, CHUNKS, k, parts, lo, hi, delta[t], w, grad_r, NO_BIAS)
             _done(sync, k, stage)
-    _set_local_threads(ctl[1], old)
+    _set_local_threads(ctl[SET_LOCAL], old)
 
 
 @_kernel
@@ -169,7 +182,7 @@ def recurrence_forward(hs, h0, weight_hh, nonlinearity):
     w_hh_t = step_weight(weight_hh)
     region = _region_parts(N)
     if region is not None:  # the whole loop in one compiled call
-        args = (kind, hs_np, _np(h0), rec_np, _np(w_hh_t), _ctl(hs_np.dtype, H))
+        args = (kind, hs_np, _np(h0), rec_np, _np(w_hh_t), make_ctl(hs_np.dtype, N, region, H))
         _region_call(_forward_region, _forward_region_threads, region, *args)
         return
     h = h0.detach()
@@ -194,7 +207,7 @@ def recurrence_backward(hs, grad_hs, weight_hh, nonlinearity, delta):
     parts = _parts(N)
     region = _region_parts(N)
     if region is not None:  # the whole loop in one compiled call
-        ctl = _ctl(arrays[0].dtype, hs.shape[2])
+        ctl = make_ctl(arrays[0].dtype, N, region, hs.shape[2])
         _region_call(_backward_region, _backward_region_threads, region,
                      kind, *arrays, _np(weight_hh), ctl)  # fmt: skip
         return grad_r
@@ -223,7 +236,7 @@ class ElmanCompiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
         bias = _combined_bias(bias_ih, bias_hh, x)
-        hs = input_projection(x, weight_ih, bias)  # W_ih x_t + b of every step
+        hs = input_projection(x, weight_ih, bias, matmul)  # W_ih x_t + b of every step
         recurrence_forward(hs, h0, weight_hh, nonlinearity)
         ctx.nonlinearity = nonlinearity
         ctx.has_bias = (bias_ih is not None, bias_hh is not None)
@@ -237,7 +250,7 @@ class ElmanCompiledFunction(torch.autograd.Function):
         delta = torch.empty_like(hs)  # delta_t of every step
         grad_h0 = recurrence_backward(hs, grad_hs, weight_hh, ctx.nonlinearity, delta)
         needs, has_bias = ctx.needs_input_grad, ctx.has_bias
-        return elman_grads(needs, has_bias, x, h0, hs, weight_ih, delta, grad_h0)
+        return elman_grads(needs, has_bias, x, h0, hs, weight_ih, delta, grad_h0, matmul)
 
 
 def elman_compiled_sequence(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity="tanh"):

@@ -32,10 +32,19 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
-from rnnlab.backends.numba_blas import NO_BIAS, _set_local_threads, gemm_columns
+from rnnlab.backends.numba_blas import (
+    CHUNKS,
+    NO_BIAS,
+    SET_LOCAL,
+    _set_local_threads,
+    claims,
+    make_ctl,
+    matmul,
+    product_block,
+    stages_of,
+)
 from rnnlab.backends.numba_generate import _kernel_parallel
 from rnnlab.backends.numba_lstm import (
-    _ctl,
     _np,
     _out,
     _parts,
@@ -140,23 +149,25 @@ def _backward_step_threads(t, arrays, parts):
 # call"): per step a product cut into column chunks, then a pass over blocks of rows.
 @_kernel
 def _forward_region_blocks(p, parts, gates, rec, h0, us, hs, w_t, b_hh, ctl, sync):
-    """Thread ``p``'s share of the forward loop: per step ``rec = h_{t-1} W_hh^T + b_hh``
-    (``ctl[2]`` column chunks), then :func:`_forward_rows`."""
+    """Thread ``p``'s share of the forward loop: per step ``rec = h_{t-1} W_hh^T + b_hh``,
+    then :func:`_forward_rows`."""
     T, N, _ = hs.shape
-    old = _set_local_threads(ctl[1], 1)
-    for stage in range(2 * T):
-        t = stage // 2
+    old = _set_local_threads(ctl[SET_LOCAL], 1)
+    for stage in range(claims(ctl, 2, T)):
         for i in range(parts):
             k = (p + i) % parts  # its own block first
             if not _claim(sync, k, stage, k == p):
                 continue
-            if stage % 2 == 0:
-                h = h0 if t == 0 else hs[t - 1]
-                gemm_columns(ctl[0], k, parts, ctl[2], h, w_t, rec, b_hh)
-            else:
-                _forward_rows(t, k * N // parts, (k + 1) * N // parts, gates, rec, h0, us, hs)
+            lo, hi = k * N // parts, (k + 1) * N // parts
+            for s in stages_of(ctl, stage, 2, T):
+                t = s // 2
+                if s % 2 == 0:
+                    h = h0 if t == 0 else hs[t - 1]
+                    product_block(ctl, CHUNKS, k, parts, lo, hi, h, w_t, rec, b_hh)
+                else:
+                    _forward_rows(t, lo, hi, gates, rec, h0, us, hs)
             _done(sync, k, stage)
-    _set_local_threads(ctl[1], old)
+    _set_local_threads(ctl[SET_LOCAL], old)
 
 
 @_kernel
@@ -174,23 +185,25 @@ def _forward_region_threads(gates, rec, h0, us, hs, w_t, b_hh, ctl, sync):
 @_kernel
 def _backward_region_blocks(p, parts, arrays, w, ctl, sync):
     """Thread ``p``'s share of the reverse loop: per step t = T-1 .. 0,
-    :func:`_backward_rows`, then ``grad_r = delta^h_t W_hh`` (``ctl[2]`` column chunks).
-    ``arrays`` as :func:`_backward_rows` takes them."""
+    :func:`_backward_rows`, then ``grad_r = delta^h_t W_hh``.  ``arrays`` as
+    :func:`_backward_rows` takes them."""
     grad_r, step_h = arrays[5], arrays[9]
     T, N, _ = arrays[3].shape
-    old = _set_local_threads(ctl[1], 1)
-    for stage in range(2 * T):
-        t = T - 1 - stage // 2
+    old = _set_local_threads(ctl[SET_LOCAL], 1)
+    for stage in range(claims(ctl, 2, T)):
         for i in range(parts):
             k = (p + i) % parts
             if not _claim(sync, k, stage, k == p):
                 continue
-            if stage % 2 == 0:
-                _backward_rows(t, k * N // parts, (k + 1) * N // parts, *arrays)
-            else:
-                gemm_columns(ctl[0], k, parts, ctl[2], step_h, w, grad_r, NO_BIAS)
+            lo, hi = k * N // parts, (k + 1) * N // parts
+            for s in stages_of(ctl, stage, 2, T):
+                t = T - 1 - s // 2
+                if s % 2 == 0:
+                    _backward_rows(t, lo, hi, *arrays)
+                else:
+                    product_block(ctl, CHUNKS, k, parts, lo, hi, step_h, w, grad_r, NO_BIAS)
             _done(sync, k, stage)
-    _set_local_threads(ctl[1], old)
+    _set_local_threads(ctl[SET_LOCAL], old)
 
 
 @_kernel
@@ -213,7 +226,7 @@ class GRUCompiledFunction(torch.autograd.Function):
     def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh):
         T, N, I = x.shape
         H = weight_hh.shape[1]
-        gates = input_projection(x, weight_ih, bias_ih)  # a_t = W_ih x_t + b_ih, every step
+        gates = input_projection(x, weight_ih, bias_ih, matmul)  # a_t = W_ih x_t + b_ih
         hs = x.new_empty(T, N, H)
         us = x.new_empty(T, N, H)  # u_t = W_hn h_{t-1} + b_hn, for r-bar
         rec = x.new_empty(N, 3 * H)  # W_hh h_{t-1} + b_hh of the current step
@@ -223,7 +236,7 @@ class GRUCompiledFunction(torch.autograd.Function):
         region = _region_parts(N)  # the whole loop in one compiled call
         if region is not None:
             b_hh = x.new_empty(0) if bias_hh is None else bias_hh
-            args = (*arrays, _np(w_hh_t), _np(b_hh), _ctl(arrays[0].dtype, 3 * H))
+            args = (*arrays, _np(w_hh_t), _np(b_hh), make_ctl(arrays[0].dtype, N, region, 3 * H))
             _region_call(_forward_region, _forward_region_threads, region, *args)
         h = h0.detach()
         for t in range(T if region is None else 0):
@@ -256,7 +269,7 @@ class GRUCompiledFunction(torch.autograd.Function):
         parts = _parts(x.shape[1])
         region = _region_parts(x.shape[1])  # the whole loop in one compiled call
         if region is not None:
-            ctl = _ctl(arrays[0].dtype, h0.shape[1])
+            ctl = make_ctl(arrays[0].dtype, x.shape[1], region, h0.shape[1])
             _region_call(_backward_region, _backward_region_threads, region,
                          arrays, _np(weight_hh), ctl)  # fmt: skip
         for t in range(x.shape[0] - 1 if region is None else -1, -1, -1):
@@ -266,7 +279,8 @@ class GRUCompiledFunction(torch.autograd.Function):
                 _backward_step(t, arrays)
             torch.mm(step_h, weight_hh, out=grad_r)
         needs = ctx.needs_input_grad
-        grads = torch_form_grads(needs, x, h0, hs, weight_ih, delta, grad_n_r, carry + grad_r)
+        grad_h = carry + grad_r
+        grads = torch_form_grads(needs, x, h0, hs, weight_ih, delta, grad_n_r, grad_h, matmul)
         grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads
         return (
             grad_x,
@@ -390,30 +404,38 @@ def _cho_backward_2_threads(t, arrays, parts):
 
 
 @_kernel
+def _cho_forward_phase(t, phase, k, parts, lo, hi, gates, rec, rec_n, h0, hs, rho, w_hrz_t,
+                       w_hn_t, ctl):  # fmt: skip
+    """Phase ``phase`` of step t of the Cho form's forward loop for block ``k``: ``rec =
+    h_{t-1} W_hrz^T``, pass 1, ``rec_n = rho W_hn^T``, pass 2."""
+    if phase == 0:
+        h = h0 if t == 0 else hs[t - 1]
+        product_block(ctl, CHUNKS, k, parts, lo, hi, h, w_hrz_t, rec, NO_BIAS)
+    elif phase == 1:
+        _cho_forward_rows_1(t, lo, hi, gates, rec, h0, hs, rho)
+    elif phase == 2:
+        product_block(ctl, CHUNKS + 1, k, parts, lo, hi, rho, w_hn_t, rec_n, NO_BIAS)
+    else:
+        _cho_forward_rows_2(t, lo, hi, gates, rec_n, h0, hs)
+
+
+@_kernel
 def _cho_forward_region_blocks(p, parts, gates, rec, rec_n, h0, hs, rho, w_hrz_t, w_hn_t, ctl,
                                sync):  # fmt: skip
-    """Thread ``p``'s share of the Cho form's forward loop: per step ``rec = h_{t-1}
-    W_hrz^T`` (``ctl[2]`` chunks), pass 1, ``rec_n = rho W_hn^T`` (``ctl[3]``), pass 2."""
+    """Thread ``p``'s share of the Cho form's forward loop (:func:`_cho_forward_phase`)."""
     T, N, _ = hs.shape
-    old = _set_local_threads(ctl[1], 1)
-    for stage in range(4 * T):
-        t, phase = stage // 4, stage % 4
+    old = _set_local_threads(ctl[SET_LOCAL], 1)
+    for stage in range(claims(ctl, 4, T)):
         for i in range(parts):
             k = (p + i) % parts
             if not _claim(sync, k, stage, k == p):
                 continue
             lo, hi = k * N // parts, (k + 1) * N // parts
-            if phase == 0:
-                h = h0 if t == 0 else hs[t - 1]
-                gemm_columns(ctl[0], k, parts, ctl[2], h, w_hrz_t, rec, NO_BIAS)
-            elif phase == 1:
-                _cho_forward_rows_1(t, lo, hi, gates, rec, h0, hs, rho)
-            elif phase == 2:
-                gemm_columns(ctl[0], k, parts, ctl[3], rho, w_hn_t, rec_n, NO_BIAS)
-            else:
-                _cho_forward_rows_2(t, lo, hi, gates, rec_n, h0, hs)
+            for s in stages_of(ctl, stage, 4, T):
+                _cho_forward_phase(s // 4, s % 4, k, parts, lo, hi, gates, rec, rec_n, h0, hs,
+                                   rho, w_hrz_t, w_hn_t, ctl)  # fmt: skip
             _done(sync, k, stage)
-    _set_local_threads(ctl[1], old)
+    _set_local_threads(ctl[SET_LOCAL], old)
 
 
 @_kernel
@@ -430,32 +452,41 @@ def _cho_forward_region_threads(gates, rec, rec_n, h0, hs, rho, w_hrz_t, w_hn_t,
 
 
 @_kernel
-def _cho_backward_region_blocks(p, parts, first, second, w_hrz, w_hn, ctl, sync):
-    """Thread ``p``'s share of the Cho form's reverse loop: per step t = T-1 .. 0, pass 1,
-    ``grad_rho = delta^n_t W_hn`` (``ctl[2]`` chunks), pass 2, ``g_rz = [delta^r_t,
-    delta^z_t] W_hrz`` (``ctl[3]``).  ``first`` and ``second``: the passes' arrays."""
+def _cho_backward_phase(t, phase, k, parts, lo, hi, first, second, w_hrz, w_hn, ctl):
+    """Phase ``phase`` of step t of the Cho form's reverse loop for block ``k``: pass 1,
+    ``grad_rho = delta^n_t W_hn``, pass 2, ``g_rz = [delta^r_t, delta^z_t] W_hrz``.
+    ``first`` and ``second``: the passes' arrays."""
     g_rz, delta, grad_rho = first[4], first[6], second[3]
-    T, N, _ = delta.shape
     H = grad_rho.shape[1]
-    old = _set_local_threads(ctl[1], 1)
-    for stage in range(4 * T):
-        t, phase = T - 1 - stage // 4, stage % 4
+    if phase == 0:
+        _cho_backward_rows_1(t, lo, hi, *first)
+    elif phase == 1:
+        d_n = delta[t, :, 2 * H :]
+        product_block(ctl, CHUNKS, k, parts, lo, hi, d_n, w_hn, grad_rho, NO_BIAS)
+    elif phase == 2:
+        _cho_backward_rows_2(t, lo, hi, *second)
+    else:
+        d_rz = delta[t, :, : 2 * H]
+        product_block(ctl, CHUNKS + 1, k, parts, lo, hi, d_rz, w_hrz, g_rz, NO_BIAS)
+
+
+@_kernel
+def _cho_backward_region_blocks(p, parts, first, second, w_hrz, w_hn, ctl, sync):
+    """Thread ``p``'s share of the Cho form's reverse loop (:func:`_cho_backward_phase`),
+    steps T-1 .. 0."""
+    T, N, _ = first[6].shape
+    old = _set_local_threads(ctl[SET_LOCAL], 1)
+    for stage in range(claims(ctl, 4, T)):
         for i in range(parts):
             k = (p + i) % parts
             if not _claim(sync, k, stage, k == p):
                 continue
             lo, hi = k * N // parts, (k + 1) * N // parts
-            if phase == 0:
-                _cho_backward_rows_1(t, lo, hi, *first)
-            elif phase == 1:
-                gemm_columns(ctl[0], k, parts, ctl[2], delta[t, :, 2 * H :], w_hn, grad_rho,
-                             NO_BIAS)  # fmt: skip
-            elif phase == 2:
-                _cho_backward_rows_2(t, lo, hi, *second)
-            else:
-                gemm_columns(ctl[0], k, parts, ctl[3], delta[t, :, : 2 * H], w_hrz, g_rz, NO_BIAS)
+            for s in stages_of(ctl, stage, 4, T):
+                _cho_backward_phase(T - 1 - s // 4, s % 4, k, parts, lo, hi, first, second,
+                                    w_hrz, w_hn, ctl)  # fmt: skip
             _done(sync, k, stage)
-    _set_local_threads(ctl[1], old)
+    _set_local_threads(ctl[SET_LOCAL], old)
 
 
 @_kernel
@@ -479,7 +510,7 @@ class GRUChoCompiledFunction(torch.autograd.Function):
     def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh):
         T, N, _ = x.shape
         H = weight_hh.shape[1]
-        gates = input_projection(x, weight_ih, _combined_bias(bias_ih, bias_hh, x))
+        gates = input_projection(x, weight_ih, _combined_bias(bias_ih, bias_hh, x), matmul)
         hs = x.new_empty(T, N, H)
         rec, rho, rec_n = x.new_empty(N, 2 * H), x.new_empty(N, H), x.new_empty(N, H)
         g_np, h0_np, hs_np = _out(gates), _np(h0), _out(hs)
@@ -490,7 +521,7 @@ class GRUChoCompiledFunction(torch.autograd.Function):
         region = _region_parts(N)  # the whole loop in one compiled call
         if region is not None:
             arrays = (g_np, rec_np, rec_n_np, h0_np, hs_np, rho_np, _np(w_hrz_t), _np(w_hn_t))
-            ctl = _ctl(g_np.dtype, 2 * H, H)
+            ctl = make_ctl(g_np.dtype, N, region, 2 * H, H)
             _region_call(_cho_forward_region, _cho_forward_region_threads, region, *arrays, ctl)
         h = h0.detach()
         for t in range(T if region is None else 0):
@@ -526,7 +557,7 @@ class GRUChoCompiledFunction(torch.autograd.Function):
         parts = _parts(N)
         region = _region_parts(N)  # the whole loop in one compiled call
         if region is not None:
-            ctl = _ctl(first[0].dtype, H, H)
+            ctl = make_ctl(first[0].dtype, N, region, H, H)
             _region_call(_cho_backward_region, _cho_backward_region_threads, region,
                          first, second, _np(w_hrz), _np(w_hn), ctl)  # fmt: skip
         for t in range(T - 1 if region is None else -1, -1, -1):
@@ -541,7 +572,8 @@ class GRUChoCompiledFunction(torch.autograd.Function):
                 _cho_backward_2(t, second)
             torch.mm(delta[t, :, : 2 * H], w_hrz, out=g_rz)
         needs = ctx.needs_input_grad
-        grads = cho_form_grads(needs, x, h0, hs, gates, weight_ih, weight_hh, delta, carry + g_rz)
+        grad_h = carry + g_rz
+        grads = cho_form_grads(needs, x, h0, hs, gates, weight_ih, weight_hh, delta, grad_h, matmul)
         grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b, _ = grads
         return (
             grad_x,

@@ -70,11 +70,16 @@ from numba import prange
 from torch.autograd.function import once_differentiable
 
 from rnnlab.backends.numba_blas import (
+    CHUNKS,
     NO_BIAS,
+    SET_LOCAL,
     _set_local_threads,
     blas,
-    column_chunks,
-    gemm_columns,
+    claims,
+    make_ctl,
+    matmul,
+    product_block,
+    stages_of,
 )
 from rnnlab.backends.numba_generate import _POOL_PID, _kernel_parallel, _matvec_t, threads_usable
 from rnnlab.backends.numba_math import (
@@ -670,31 +675,38 @@ def _backward_sequence_threads(arrays, opts, ln, scratch, w, blocks, sync):
 
 
 @_kernel
+def _forward_phase(t, phase, k, parts, lo, hi, arrays, opts, ln, w_t, w_hr_t, ctl):
+    """Phase ``phase`` of step t for block ``k``: ``a_h = r W_hh^T`` (``w_t`` = W_hh^T),
+    :func:`_forward_rows`; a projected layer then ``h~_t = u_t W_hr^T`` and
+    :func:`_project_rows`."""
+    a_h, hs, r, us = arrays[1], arrays[4], arrays[8], arrays[9]
+    if phase == 0:
+        product_block(ctl, CHUNKS, k, parts, lo, hi, r, w_t, a_h, NO_BIAS)
+    elif phase == 1:
+        _forward_rows(t, lo, hi, arrays, opts, ln, 0, a_h.shape[1] // 4)
+    elif phase == 2:
+        product_block(ctl, CHUNKS + 1, k, parts, lo, hi, us[t], w_hr_t, hs[t], NO_BIAS)
+    else:
+        _project_rows(t, lo, hi, arrays, opts)
+
+
+@_kernel
 def _forward_region_blocks(p, parts, arrays, opts, ln, w_t, w_hr_t, ctl, sync):
-    """Thread ``p``'s share of the forward pass of a batch: per step, ``a_h = r W_hh^T``
-    (``w_t`` = W_hh^T, ``ctl[2]`` chunks), then :func:`_forward_rows`; a projected layer
-    then ``h~_t = u_t W_hr^T`` (``w_hr_t``, ``ctl[3]`` chunks) and :func:`_project_rows`."""
-    a_h, hs, cs, r, us = arrays[1], arrays[4], arrays[5], arrays[8], arrays[9]
-    T, N, H = cs.shape
-    stages = 4 if us.shape[2] > 0 else 2
-    old = _set_local_threads(ctl[1], 1)
-    for stage in range(stages * T):
-        t, phase = stage // stages, stage % stages
+    """Thread ``p``'s share of the forward pass of a batch (:func:`_forward_phase`)."""
+    T, N = arrays[5].shape[:2]
+    per_step = 4 if arrays[9].shape[2] > 0 else 2
+    old = _set_local_threads(ctl[SET_LOCAL], 1)
+    for stage in range(claims(ctl, per_step, T)):
         for i in range(parts):
             k = (p + i) % parts  # its own block first
             if not _claim(sync, k, stage, k == p):
                 continue
             lo, hi = k * N // parts, (k + 1) * N // parts
-            if phase == 0:
-                gemm_columns(ctl[0], k, parts, ctl[2], r, w_t, a_h, NO_BIAS)
-            elif phase == 1:
-                _forward_rows(t, lo, hi, arrays, opts, ln, 0, H)
-            elif phase == 2:
-                gemm_columns(ctl[0], k, parts, ctl[3], us[t], w_hr_t, hs[t], NO_BIAS)
-            else:
-                _project_rows(t, lo, hi, arrays, opts)
+            for s in stages_of(ctl, stage, per_step, T):
+                t, phase = s // per_step, s % per_step
+                _forward_phase(t, phase, k, parts, lo, hi, arrays, opts, ln, w_t, w_hr_t, ctl)
             _done(sync, k, stage)
-    _set_local_threads(ctl[1], old)
+    _set_local_threads(ctl[SET_LOCAL], old)
 
 
 @_kernel
@@ -710,36 +722,42 @@ def _forward_region_threads(arrays, opts, ln, w_t, w_hr_t, ctl, sync):
 
 
 @_kernel
+def _backward_phase(t, phase, k, parts, lo, hi, arrays, opts, ln, scratch, w, w_hr, ctl):
+    """Phase ``phase`` of step t of the reverse loop for block ``k``: a projected layer
+    first h~-bar_t (:func:`_unproject_rows`) and ``u-bar = h~-bar_t W_hr``; then
+    :func:`_backward_rows` and ``grad_r = a^h-bar_t W_hh`` (``w`` = W_hh), which after
+    step 0 is W_hh^T a^h-bar_0, for h0's gradient."""
+    grad_r, grad_a_h, grad_u, grad_h_tildes = arrays[6], arrays[10], arrays[12], arrays[13]
+    if phase == 0:
+        _unproject_rows(t, lo, hi, arrays, opts)
+    elif phase == 1:
+        product_block(ctl, CHUNKS + 1, k, parts, lo, hi, grad_h_tildes[t], w_hr, grad_u, NO_BIAS)
+    elif phase == 2:
+        _backward_rows(t, lo, hi, arrays, opts, ln, scratch[k], 0, arrays[2].shape[2])
+    else:
+        product_block(ctl, CHUNKS, k, parts, lo, hi, grad_a_h[t], w, grad_r, NO_BIAS)
+
+
+@_kernel
 def _backward_region_blocks(p, parts, arrays, opts, ln, scratch, w, w_hr, ctl, sync):
-    """Thread ``p``'s share of the reverse loop of a batch: per step t = T-1 .. 0, a
-    projected layer first h~-bar_t (:func:`_unproject_rows`) and ``u-bar = h~-bar_t W_hr``
-    (``ctl[3]`` chunks); then :func:`_backward_rows` and ``grad_r = a^h-bar_t W_hh`` (``w``
-    = W_hh, ``ctl[2]`` chunks), which after step 0 is W_hh^T a^h-bar_0, for h0's
-    gradient.  ``scratch`` (parts, 9H): block k's rows."""
-    grad_r, grad_a_h, cs = arrays[6], arrays[10], arrays[2]
-    grad_u, grad_h_tildes = arrays[12], arrays[13]
-    T, N, H = cs.shape
-    proj = grad_u.shape[1] > 0
-    stages = 4 if proj else 2
-    first = 0 if proj else 2
-    old = _set_local_threads(ctl[1], 1)
-    for stage in range(stages * T):
-        t, phase = T - 1 - stage // stages, first + stage % stages
+    """Thread ``p``'s share of the reverse loop of a batch (:func:`_backward_phase`), steps
+    T-1 .. 0; ``scratch`` (parts, 9H): block k's rows."""
+    T, N = arrays[2].shape[:2]
+    proj = arrays[12].shape[1] > 0
+    per_step = 4 if proj else 2
+    old = _set_local_threads(ctl[SET_LOCAL], 1)
+    for stage in range(claims(ctl, per_step, T)):
         for i in range(parts):
             k = (p + i) % parts
             if not _claim(sync, k, stage, k == p):
                 continue
             lo, hi = k * N // parts, (k + 1) * N // parts
-            if phase == 0:
-                _unproject_rows(t, lo, hi, arrays, opts)
-            elif phase == 1:
-                gemm_columns(ctl[0], k, parts, ctl[3], grad_h_tildes[t], w_hr, grad_u, NO_BIAS)
-            elif phase == 2:
-                _backward_rows(t, lo, hi, arrays, opts, ln, scratch[k], 0, H)
-            else:
-                gemm_columns(ctl[0], k, parts, ctl[2], grad_a_h[t], w, grad_r, NO_BIAS)
+            for s in stages_of(ctl, stage, per_step, T):
+                t, phase = T - 1 - s // per_step, (0 if proj else 2) + s % per_step
+                _backward_phase(t, phase, k, parts, lo, hi, arrays, opts, ln, scratch, w, w_hr,
+                                ctl)  # fmt: skip
             _done(sync, k, stage)
-    _set_local_threads(ctl[1], old)
+    _set_local_threads(ctl[SET_LOCAL], old)
 
 
 @_kernel
@@ -766,14 +784,6 @@ def _region_parts(N: int) -> int | None:
 
 def _region_call(single, threaded, parts: int, *args) -> None:
     (threaded if parts > 1 else single)(*args, new_sync(parts))
-
-
-def _ctl(dtype, *widths) -> np.ndarray:
-    """``ctl`` for a region call: the gemm for ``dtype``, MKL's thread setter and the
-    column chunks of products ``widths`` wide."""
-    lib = blas()
-    chunks = [column_chunks(w) for w in widths]
-    return np.array([lib.gemm(dtype), lib.set_local_threads, *chunks], dtype=np.int64)
 
 
 def _np(tensor, writes: bool = False):
@@ -810,11 +820,11 @@ class LSTMCompiledFunction(torch.autograd.Function):
         bias = _combined_bias(bias_ih, bias_hh, x)
         G = 4 * H
         if use_ln:  # a^x_t; its layer norm and the shifts are done in each step's pass
-            gates = input_projection(x, weight_ih)
+            gates = input_projection(x, weight_ih, mm=matmul)
             shift = beta_x + beta_h if bias is None else beta_x + beta_h + bias
             a_x_hats, rstd_x = x.new_empty(T, N, G), x.new_empty(T, N, 1)
         else:
-            gates = input_projection(x, weight_ih, bias)
+            gates = input_projection(x, weight_ih, bias, matmul)
             a_x_hats, rstd_x, shift = x.new_empty(T, N, 0), x.new_empty(T, N, 0), x.new_empty(0)
         hs, cs, ys = x.new_empty(T, N, P), x.new_empty(T, N, H), x.new_empty(T, N, H)
         us = x.new_empty(T, N, H if proj else 0)  # u_t = o_t y_t, before W_hr
@@ -844,7 +854,7 @@ class LSTMCompiledFunction(torch.autograd.Function):
             w_hh_t = step_weight(weight_hh)
             w_hr_t = step_weight(weight_hr) if proj else x.new_empty(H, 0)
         if region is not None:
-            ctl = _ctl(arrays[0].dtype, G, P)
+            ctl = make_ctl(arrays[0].dtype, N, region, G, P)
             _region_call(_forward_region, _forward_region_threads, region,
                          arrays, opts, ln, _np(w_hh_t), _np(w_hr_t), ctl)  # fmt: skip
         for t in range(T if looped else 0):
@@ -909,7 +919,7 @@ class LSTMCompiledFunction(torch.autograd.Function):
             blocks = np.empty(4 * H * H if threads else 0, scratch.dtype)  # one block reads W
             call(arrays, ctx.opts, ln, scratch, _np(weight_hh), blocks, sync)
         elif region is not None:
-            ctl = _ctl(scratch.dtype, P, H)
+            ctl = make_ctl(scratch.dtype, N, region, P, H)
             w_hr = _np(weight_hr) if proj else np.empty((0, H), scratch.dtype)
             _region_call(_backward_region, _backward_region_threads, region,
                          arrays, ctx.opts, ln, scratch, _np(weight_hh), w_hr, ctl)  # fmt: skip
@@ -952,6 +962,7 @@ class LSTMCompiledFunction(torch.autograd.Function):
             (hs, cs, c_tildes, us if proj else None),
             (gamma_x, gamma_h, gamma_c, a_x_hats, rstd_x, a_h_hats, c_hats),
             summed,
+            matmul,
         )
 
 

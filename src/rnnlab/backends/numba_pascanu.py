@@ -33,9 +33,19 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
-from rnnlab.backends.numba_blas import NO_BIAS, _set_local_threads, gemm_columns
+from rnnlab.backends.numba_blas import (
+    CHUNKS,
+    NO_BIAS,
+    SET_LOCAL,
+    _set_local_threads,
+    claims,
+    make_ctl,
+    matmul,
+    product_block,
+    stages_of,
+)
 from rnnlab.backends.numba_generate import SIGMOID, TANH, _kernel_parallel
-from rnnlab.backends.numba_lstm import _ctl, _np, _out, _parts, _region_call, _region_parts
+from rnnlab.backends.numba_lstm import _np, _out, _parts, _region_call, _region_parts
 from rnnlab.backends.numba_math import _claim, _done, _kernel, _sigmoid_fast, _tanh_fast
 from rnnlab.cells.elman import input_projection, step_weight
 from rnnlab.cells.pascanu import check_sigma, pascanu_grads
@@ -114,22 +124,24 @@ def _backward_step_threads(t, kind, s_prev, grad_xs, g, delta, parts):
 # call"): per step a product cut into column chunks, then a pass over blocks of rows.
 @_kernel
 def _forward_region_blocks(p, parts, kind, xs, s_prev, rec, w_t, ctl, sync):
-    """Thread ``p``'s share of the forward loop: per step ``rec = s_prev[t] W_rec^T``
-    (``ctl[2]`` column chunks), then :func:`_forward_rows`."""
+    """Thread ``p``'s share of the forward loop: per step ``rec = s_prev[t] W_rec^T``,
+    then :func:`_forward_rows`."""
     T, N, _ = xs.shape
-    old = _set_local_threads(ctl[1], 1)
-    for stage in range(2 * T):
-        t = stage // 2
+    old = _set_local_threads(ctl[SET_LOCAL], 1)
+    for stage in range(claims(ctl, 2, T)):
         for i in range(parts):
             k = (p + i) % parts  # its own block first
             if not _claim(sync, k, stage, k == p):
                 continue
-            if stage % 2 == 0:
-                gemm_columns(ctl[0], k, parts, ctl[2], s_prev[t], w_t, rec, NO_BIAS)
-            else:
-                _forward_rows(t, k * N // parts, (k + 1) * N // parts, kind, xs, s_prev, rec)
+            lo, hi = k * N // parts, (k + 1) * N // parts
+            for s in stages_of(ctl, stage, 2, T):
+                t = s // 2
+                if s % 2 == 0:
+                    product_block(ctl, CHUNKS, k, parts, lo, hi, s_prev[t], w_t, rec, NO_BIAS)
+                else:
+                    _forward_rows(t, lo, hi, kind, xs, s_prev, rec)
             _done(sync, k, stage)
-    _set_local_threads(ctl[1], old)
+    _set_local_threads(ctl[SET_LOCAL], old)
 
 
 @_kernel
@@ -147,22 +159,23 @@ def _forward_region_threads(kind, xs, s_prev, rec, w_t, ctl, sync):
 @_kernel
 def _backward_region_blocks(p, parts, kind, s_prev, grad_xs, g, delta, w, ctl, sync):
     """Thread ``p``'s share of the reverse loop: per step t = T-1 .. 0,
-    :func:`_backward_rows`, then ``g = delta_t W_rec`` (``ctl[2]`` column chunks)."""
+    :func:`_backward_rows`, then ``g = delta_t W_rec``."""
     T, N, _ = delta.shape
-    old = _set_local_threads(ctl[1], 1)
-    for stage in range(2 * T):
-        t = T - 1 - stage // 2
+    old = _set_local_threads(ctl[SET_LOCAL], 1)
+    for stage in range(claims(ctl, 2, T)):
         for i in range(parts):
             k = (p + i) % parts
             if not _claim(sync, k, stage, k == p):
                 continue
-            if stage % 2 == 0:
-                lo, hi = k * N // parts, (k + 1) * N // parts
-                _backward_rows(t, lo, hi, kind, s_prev, grad_xs, g, delta)
-            else:
-                gemm_columns(ctl[0], k, parts, ctl[2], delta[t], w, g, NO_BIAS)
+            lo, hi = k * N // parts, (k + 1) * N // parts
+            for s in stages_of(ctl, stage, 2, T):
+                t = T - 1 - s // 2
+                if s % 2 == 0:
+                    _backward_rows(t, lo, hi, kind, s_prev, grad_xs, g, delta)
+                else:
+                    product_block(ctl, CHUNKS, k, parts, lo, hi, delta[t], w, g, NO_BIAS)
             _done(sync, k, stage)
-    _set_local_threads(ctl[1], old)
+    _set_local_threads(ctl[SET_LOCAL], old)
 
 
 @_kernel
@@ -186,7 +199,7 @@ class PascanuCompiledFunction(torch.autograd.Function):
         T, N, _ = u.shape
         H = weight_hh.shape[0]
         kind = KINDS[sigma]
-        xs = input_projection(u, weight_ih, bias)  # W_in u_t + b of every step
+        xs = input_projection(u, weight_ih, bias, matmul)  # W_in u_t + b of every step
         # s_prev[t] = sigma(x_{t-1}) of step t: what W_rec multiplies, and all backward needs
         s_prev = xs.new_empty(T, N, H)
         (torch.tanh if sigma == "tanh" else torch.sigmoid)(x0.detach(), out=s_prev[0])
@@ -196,8 +209,9 @@ class PascanuCompiledFunction(torch.autograd.Function):
         w_rec_t = step_weight(weight_hh)
         region = _region_parts(N)  # the whole loop in one compiled call
         if region is not None:
+            ctl = make_ctl(arrays[0].dtype, N, region, H)
             _region_call(_forward_region, _forward_region_threads, region,
-                         kind, *arrays, _np(w_rec_t), _ctl(arrays[0].dtype, H))  # fmt: skip
+                         kind, *arrays, _np(w_rec_t), ctl)  # fmt: skip
         for t in range(T if region is None else 0):
             torch.mm(s_prev[t], w_rec_t, out=rec)
             if parts > 1:
@@ -221,8 +235,9 @@ class PascanuCompiledFunction(torch.autograd.Function):
         parts = _parts(N)
         region = _region_parts(N)  # the whole loop in one compiled call
         if region is not None:
+            ctl = make_ctl(arrays[0].dtype, N, region, H)
             _region_call(_backward_region, _backward_region_threads, region,
-                         kind, *arrays, _np(weight_hh), _ctl(arrays[0].dtype, H))  # fmt: skip
+                         kind, *arrays, _np(weight_hh), ctl)  # fmt: skip
         for t in range(T - 1 if region is None else -1, -1, -1):
             if parts > 1:
                 _backward_step_threads(t, kind, *arrays, parts)
@@ -232,7 +247,7 @@ class PascanuCompiledFunction(torch.autograd.Function):
         s0 = s_prev[0]  # sigma(x0)
         grad_x0 = g * (1 - s0 * s0 if ctx.sigma == "tanh" else s0 * (1 - s0))
         return pascanu_grads(ctx.needs_input_grad, ctx.has_bias, u, weight_ih, s_prev, delta,
-                             grad_x0)  # fmt: skip
+                             grad_x0, matmul)  # fmt: skip
 
 
 def pascanu_compiled_sequence(u, x0, weight_ih, weight_hh, bias, sigma="tanh"):

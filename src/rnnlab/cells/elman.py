@@ -102,14 +102,17 @@ def _activation_grad(h: Tensor, nonlinearity: str) -> Tensor:
     return (h > 0).to(h.dtype)
 
 
-def input_projection(x: Tensor, weight_ih: Tensor, bias: Tensor | None = None) -> Tensor:
+def input_projection(
+    x: Tensor, weight_ih: Tensor, bias: Tensor | None = None, mm=torch.mm
+) -> Tensor:
     """The input side of every step in one matmul: (T, N, G) = x W_ih^T (+ ``bias``).
 
     x as (TN, I) times a contiguous copy of W_ih^T, the bias added after: measured 1.7x
     faster than ``addmm`` with the transposed view at (2500, 65) x (65, 512) on one thread.
-    Shared by every cell's fused and compiled paths."""
+    Shared by every cell's fused and compiled paths; ``mm`` is the product (the compiled
+    paths pass :func:`rnnlab.backends.numba_blas.matmul`)."""
     T, N, I = x.shape
-    out = torch.mm(x.reshape(T * N, I), weight_ih.t().contiguous())
+    out = mm(x.reshape(T * N, I), weight_ih.t().contiguous())
     if bias is not None:
         out.add_(bias)
     return out.view(T, N, -1)
@@ -126,18 +129,18 @@ def step_weight(weight: Tensor) -> Tensor:
     return weight.detach().t().contiguous()
 
 
-def outer_sum_prev(h0: Tensor, hs: Tensor, d: Tensor) -> Tensor:
+def outer_sum_prev(h0: Tensor, hs: Tensor, d: Tensor, mm=torch.mm) -> Tensor:
     """sum_t h_{t-1}^T d_t, (H, G), with h_{-1} = h0: the recurrent weight gradient's
     sum over time, transposed.  ``d`` (T, N, G) may be a column slice of a larger tensor.
     Two products (h0 with d_0, then hs[:-1] with d_1..d_{T-1}) rather than one over a
     stacked copy of h_{t-1}: the same sums without a (T, N, H) copy.  Shared by the
-    Elman, GRU and LSTM backward passes."""
+    Elman, GRU and LSTM backward passes; ``mm`` as :func:`input_projection`'s."""
     T, N, H = hs.shape
-    first = h0.t() @ d[0]
+    first = mm(h0.t(), d[0])
     if T == 1:
         return first
     rest = d[1:].reshape((T - 1) * N, d.shape[2])
-    return torch.addmm(first, hs[:-1].reshape((T - 1) * N, H).t(), rest)
+    return mm(hs[:-1].reshape((T - 1) * N, H).t(), rest).add_(first)
 
 
 def _combined_bias(bias_ih: Tensor | None, bias_hh: Tensor | None, like: Tensor) -> Tensor:
@@ -185,24 +188,25 @@ class ElmanFunction(torch.autograd.Function):
         return elman_grads(ctx.needs_input_grad, ctx.has_bias, x, h0, hs, weight_ih, grad_a, grad_h)
 
 
-def elman_grads(needs, has_bias, x, h0, hs, weight_ih, grad_a, grad_h):
+def elman_grads(needs, has_bias, x, h0, hs, weight_ih, grad_a, grad_h, mm=torch.mm):
     """The gradient tuple after the reverse loop, one matmul or sum each, from delta
     (``grad_a``, (T, N, H)) and ``grad_h`` = W_hh^T delta_0.  Shared by the fused and
-    the compiled (:mod:`rnnlab.backends.numba_elman`) backward."""
+    the compiled (:mod:`rnnlab.backends.numba_elman`) backward; ``mm`` as
+    :func:`input_projection`'s."""
     T, N, I = x.shape
     H = hs.shape[2]
     grad_x = grad_h0 = grad_w_ih = grad_w_hh = grad_b_ih = grad_b_hh = None
     delta = grad_a.view(T * N, H)
     if needs[0]:
-        grad_x = (delta @ weight_ih).view(T, N, I)
+        grad_x = mm(delta, weight_ih).view(T, N, I)
     if needs[1]:
         grad_h0 = grad_h
     # (x^T delta)^T rather than delta^T x: the same sums, faster for these long, thin
     # operands (see rnnlab.cells.lstm.ext_parameter_grads)
     if needs[2]:
-        grad_w_ih = (x.reshape(T * N, I).t() @ delta).t()
+        grad_w_ih = mm(x.reshape(T * N, I).t(), delta).t()
     if needs[3]:
-        grad_w_hh = outer_sum_prev(h0, hs, grad_a).t()
+        grad_w_hh = outer_sum_prev(h0, hs, grad_a, mm).t()
     if any(needs[4:6]):
         grad_b = delta.sum(0)
         grad_b_ih = grad_b if has_bias[0] else None

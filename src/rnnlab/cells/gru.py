@@ -240,13 +240,13 @@ def _backward_torch(needs, grad_hs, x, h0, weight_ih, weight_hh, gates, us, hs):
     return torch_form_grads(needs, x, h0, hs, weight_ih, grad_gates, grad_n_r, grad_h)
 
 
-def torch_form_grads(needs, x, h0, hs, weight_ih, grad_gates, grad_n_r, grad_h):
+def torch_form_grads(needs, x, h0, hs, weight_ih, grad_gates, grad_n_r, grad_h, mm=torch.mm):
     """The torch form's gradients after the reverse loop, one matmul or sum each:
     ``(grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)`` from delta
     (``grad_gates``, (T, N, 3H)) and the n block of delta^h, delta^n * r (``grad_n_r``,
     (T, N, H)): the r and z blocks of delta^h are delta's own, so delta^h is never
     stored whole.  Shared by the fused and the compiled (:mod:`rnnlab.backends.numba_gru`)
-    backward."""
+    backward; ``mm``: the product (:func:`rnnlab.cells.elman.input_projection`)."""
     T, N, I = x.shape
     H = hs.shape[2]
     delta = grad_gates.view(T * N, 3 * H)
@@ -254,14 +254,14 @@ def torch_form_grads(needs, x, h0, hs, weight_ih, grad_gates, grad_n_r, grad_h):
     # (x^T delta)^T rather than delta^T x: the same sums, faster for these long, thin
     # operands (see rnnlab.cells.lstm.ext_parameter_grads)
     if needs[0]:
-        grad_x = (delta @ weight_ih).view(T, N, I)
+        grad_x = mm(delta, weight_ih).view(T, N, I)
     if needs[2]:
-        grad_w_ih = (x.reshape(T * N, I).t() @ delta).t()
+        grad_w_ih = mm(x.reshape(T * N, I).t(), delta).t()
     if needs[3]:
         # sum_t delta^h_t h_{t-1}^T in blocks [r, z] and n; h_{t-1} is h0 then hs[:-1]
         # (two products each, rather than a copy of the stacked h_{t-1})
         blocks = (grad_gates[:, :, : 2 * H], grad_n_r)
-        grad_w_hh = torch.cat([outer_sum_prev(h0, hs, d).t() for d in blocks])
+        grad_w_hh = torch.cat([outer_sum_prev(h0, hs, d, mm).t() for d in blocks])
     if needs[4] or needs[5]:
         grad_b_ih = delta.sum(0)
     if needs[5]:
@@ -288,25 +288,24 @@ def _backward_cho(needs, grad_hs, x, h0, weight_ih, weight_hh, gates, hs):
     return cho_form_grads(needs, x, h0, hs, gates, weight_ih, weight_hh, grad_gates, grad_h)
 
 
-def cho_form_grads(needs, x, h0, hs, gates, weight_ih, weight_hh, grad_gates, grad_h):
+def cho_form_grads(needs, x, h0, hs, gates, weight_ih, weight_hh, grad_gates, grad_h,
+                   mm=torch.mm):  # fmt: skip
     """The Cho form's gradients after the reverse loop, from delta (``grad_gates``,
     (T, N, 3H)) and ``grad_h`` = h0's gradient: ``(grad_x, grad_h0, grad_w_ih, grad_w_hh,
     grad_b, grad_b)`` (b_ih and b_hh act as one bias).  Shared by the fused and the
-    compiled (:mod:`rnnlab.backends.numba_gru`) backward."""
+    compiled (:mod:`rnnlab.backends.numba_gru`) backward; ``mm`` as torch_form_grads'."""
     T, N, I = x.shape
     H = hs.shape[2]
     delta = grad_gates.view(T * N, 3 * H)
     grad_x = grad_w_ih = grad_w_hh = grad_b = None
     if needs[0]:
-        grad_x = (delta @ weight_ih).view(T, N, I)
+        grad_x = mm(delta, weight_ih).view(T, N, I)
     if needs[2]:
-        grad_w_ih = (x.reshape(T * N, I).t() @ delta).t()  # see torch_form_grads
+        grad_w_ih = mm(x.reshape(T * N, I).t(), delta).t()  # see torch_form_grads
     if needs[3]:
         h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]).view(T * N, H)
         rho = gates[:, :, :H].reshape(T * N, H) * h_prev
-        grad_w_hh = weight_hh.new_empty(3 * H, H)
-        torch.mm(delta[:, : 2 * H].t(), h_prev, out=grad_w_hh[: 2 * H])
-        torch.mm(delta[:, 2 * H :].t(), rho, out=grad_w_hh[2 * H :])
+        grad_w_hh = torch.cat([mm(delta[:, : 2 * H].t(), h_prev), mm(delta[:, 2 * H :].t(), rho)])
     if needs[4] or needs[5]:
         grad_b = delta.sum(0)
     return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_b, grad_b

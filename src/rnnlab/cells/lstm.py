@@ -544,7 +544,8 @@ def ext_input_gates(x, weight_ih, bias, gamma_x=None, beta_x=None, beta_h=None):
     return gates, a_x_hats, rstd_x
 
 
-def ext_parameter_grads(needs, has_bias, inputs, grads, outputs, ln_saved, summed=None):
+def ext_parameter_grads(needs, has_bias, inputs, grads, outputs, ln_saved, summed=None,
+                        mm=torch.mm):  # fmt: skip
     """The extended LSTM's gradient tuple, after the reverse loop (module docstring: one
     matmul or reduction per gradient).  Shared by the fused and the compiled backward.
 
@@ -556,7 +557,8 @@ def ext_parameter_grads(needs, has_bias, inputs, grads, outputs, ln_saved, summe
     ``summed``: what the reverse loop summed already (the compiled path), by name:
     ``"peephole"`` (3, H), and with LN ``"a_x"`` (a^x-bar as (TN, 4H)), ``"gamma_x"``,
     ``"gamma_h"``, ``"gamma_c"``, ``"beta_c"``, ``"bias"``; with LN ``grad_gates`` and
-    ``grad_ns`` are then not read.
+    ``grad_ns`` are then not read.  ``mm``: the product for the matmuls over all steps
+    (:func:`rnnlab.cells.elman.input_projection`).
     """
     x, h0, c0, weight_ih, weight_hh, weight_hr, peephole, drop_mask = inputs
     grad_gates, grad_a_h, grad_ns, grad_h_tildes, grad_h, grad_c = grads
@@ -580,20 +582,20 @@ def ext_parameter_grads(needs, has_bias, inputs, grads, outputs, ln_saved, summe
         grad_gamma_h = (dz * a_h_hats.view(T * N, 4 * H)).sum(0)
         grad_gamma_c = (grad_ns * c_hats).sum((0, 1))
         grad_beta_c = grad_ns.sum((0, 1))
-    grad_x = (grad_a_x @ weight_ih).view(T, N, I) if needs[0] else None
+    grad_x = mm(grad_a_x, weight_ih).view(T, N, I) if needs[0] else None
     # The weight gradients as (x^T a-bar)^T rather than a-bar^T x: the same sums, and
     # measured 1.4-1.9x faster for these long, thin operands (TN rows).
-    grad_w_ih = (x.reshape(T * N, I).t() @ grad_a_x).t() if needs[3] else None
+    grad_w_ih = mm(x.reshape(T * N, I).t(), grad_a_x).t() if needs[3] else None
     grad_w_hh = None
     if needs[4]:
         if drop_mask is None:
-            grad_w_hh = outer_sum_prev(h0, hs, grad_a_h).t()
+            grad_w_hh = outer_sum_prev(h0, hs, grad_a_h, mm).t()
         else:
             r_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]) * drop_mask  # r_{t-1} = m h_{t-1}
-            grad_w_hh = (r_prev.view(T * N, P).t() @ grad_a_h.reshape(T * N, 4 * H)).t()
+            grad_w_hh = mm(r_prev.view(T * N, P).t(), grad_a_h.reshape(T * N, 4 * H)).t()
     grad_w_hr = None
     if weight_hr is not None and needs[7]:
-        grad_w_hr = grad_h_tildes.view(T * N, P).t() @ us.view(T * N, H)
+        grad_w_hr = mm(grad_h_tildes.view(T * N, P).t(), us.view(T * N, H))
     grad_peephole = summed.get("peephole") if needs[8] else None
     if peephole is not None and needs[8] and grad_peephole is None:
         c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])

@@ -168,20 +168,21 @@ class PascanuFunction(torch.autograd.Function):
         )
 
 
-def pascanu_grads(needs, has_bias, u, weight_ih, s_prev, delta, grad_x0):
+def pascanu_grads(needs, has_bias, u, weight_ih, s_prev, delta, grad_x0, mm=torch.mm):
     """The gradient tuple after the reverse loop, one matmul or sum each, from delta
     (T, N, H) and s_prev[t] = sigma(x_{t-1}); ``grad_x0`` = sigma'(x0) W_rec^T delta_1.
-    Shared by the fused and the compiled (:mod:`rnnlab.backends.numba_pascanu`) backward."""
+    Shared by the fused and the compiled (:mod:`rnnlab.backends.numba_pascanu`) backward;
+    ``mm``: the product (:func:`rnnlab.cells.elman.input_projection`)."""
     T, N, I = u.shape
     H = s_prev.shape[2]
     grad_u = grad_w_ih = grad_w_hh = grad_b = None
     d = delta.view(T * N, H)
     if needs[0]:
-        grad_u = (d @ weight_ih).view(T, N, I)
+        grad_u = mm(d, weight_ih).view(T, N, I)
     if needs[2]:
-        grad_w_ih = (u.reshape(T * N, I).t() @ d).t()  # see rnnlab.cells.lstm
+        grad_w_ih = mm(u.reshape(T * N, I).t(), d).t()  # see rnnlab.cells.lstm
     if needs[3]:
-        grad_w_hh = d.t() @ s_prev.view(T * N, H)
+        grad_w_hh = mm(d.t(), s_prev.view(T * N, H))
     if needs[4] and has_bias:
         grad_b = d.sum(0)
     return grad_u, grad_x0 if needs[1] else None, grad_w_ih, grad_w_hh, grad_b, None
