@@ -1,37 +1,47 @@
-r"""Matrix products inside compiled loops: the BLAS that PyTorch ships, called from Numba.
+r"""Matrix products for the compiled loops: the kernels PyTorch ships, called from Numba.
 
 Why.  The compiled training paths (:mod:`rnnlab.backends.numba_lstm`, ``numba_gru``,
-``numba_elman``, ``numba_pascanu``) spend each step in one matmul and one pass over the
-step's element-wise work.  Called from Python, the matmul is PyTorch's ``torch.mm`` on
-its OpenMP threads and the pass a Numba parallel region on Numba's own threads: two
-thread pools taking turns 2 x T times per layer, each start costing a few microseconds
-and each pool's spinning threads slowing the other's.  Here the whole time loop is one
-Numba parallel region, and each thread calls the BLAS itself, single-threaded, on its own
-columns of the product.  Measured on this project's 2-core machine (one process,
-interleaved medians; µs per product, both halves at once against ``torch.mm`` on 2
-threads): 50 x 128 by 128 x 512: 48.7 against 60.0; 50 x 512 by 512 x 128: 38.8 against
-47.5; 64 x 512 by 512 x 2048: 872 against 1,089; 16 x 256 by 256 x 1024: 69 against 95
-(``docs/performance.md``, "One parallel region per sequence").
+``numba_elman``, ``numba_pascanu``) spend each step in one product and one pass over the
+step's element-wise work.  Called from Python, the product is ``torch.mm`` on PyTorch's
+OpenMP threads and the pass a Numba parallel region on Numba's threads: two thread pools
+taking turns 2 x T times per layer, each start costing microseconds and each pool's
+spinning threads slowing the other's.  Here the whole time loop of a batch is one Numba
+parallel region, and each thread calls a GEMM kernel itself, on one thread:
 
-Which BLAS.  PyTorch's x86-64 wheels link Intel's MKL into ``libtorch_cpu`` and export its
-Fortran ``sgemm_`` / ``dgemm_`` and ``MKL_Set_Num_Threads_Local`` (which makes MKL run
-on the calling thread alone, for that thread only).  :func:`blas` finds the three by
-name with ``ctypes``; where any is missing (PyTorch built with OpenBLAS or Accelerate, as
-on ARM; an unusual build) it returns None and the compiled paths keep PyTorch's matmul
-between compiled passes, as before.  Nothing is compiled on the user's machine and
-nothing is installed besides PyTorch.  ``RNNLAB_BLAS=torch`` turns this off.
+* **float32: oneDNN's brgemm** (the batch-reduce GEMM micro-kernel oneDNN's own RNNs are
+  built on), as PyTorch exports it, ``at::native::cpublas::brgemm``.  Single-threaded it
+  ran 1.1-1.6x faster than MKL's ``sgemm`` on this project's AMD CPU (where MKL takes its
+  AVX2 code), most at few rows: 25 x 128 by 128 x 512 in 37.9 µs against 59.7; 16 x 256
+  by 256 x 512 in 41 against 63.  Its values for a row do not depend on the other rows
+  or columns computed in the same call (checked bit for bit), so each thread takes its
+  own sequences (:data:`SPLIT_ROWS`) and runs them through every step without meeting
+  the others;
+* **float64 (and float32 without brgemm): MKL's** Fortran ``dgemm_`` / ``sgemm_``, run on
+  the calling thread alone (``MKL_Set_Num_Threads_Local``).  MKL's values do depend on
+  how a product is cut, so the threads split its columns into chunks fixed by the
+  product's width and the thread pool (:func:`column_chunks`), then the rows of the pass,
+  and meet after each (``numba_math._claim``).
 
-The calls.  :func:`_gemm` is an LLVM intrinsic that calls a function at an address given
-at run time (so the compiled code, with no address baked in, can be cached on disk);
-:func:`_set_local_threads` likewise.  The products are row-major views
-(:func:`gemm_columns`): C[:, lo:hi] = A B[:, lo:hi], computed as the column-major product
-C^T = B^T A^T that Fortran's gemm takes.
+The products over every step (input projection, weight and input gradients) go through
+:func:`matmul`: brgemm tiles on Numba's threads, 0.72-0.99 of ``torch.mm``'s time at the
+shapes of the benchmark.  ``docs/performance.md``, "One parallel region per batch", has
+the measurements.
 
-Same numbers on any number of threads.  A product's columns are cut into chunks fixed by
-the product's width and the process's thread pool size (:func:`column_chunks`), never by
-how many threads a call uses, and each chunk is one gemm call with the same arguments on
-whichever thread runs it; MKL on one thread is deterministic, so the results do not depend
-on the thread count (the tests compare 1, 2 and 3 blocks bit for bit).
+Where.  :func:`blas` finds the functions by name in PyTorch's ``libtorch_cpu`` with
+``ctypes``, and tries brgemm on a small product before trusting it.  Where MKL is missing
+(PyTorch built with OpenBLAS or Accelerate, as on ARM) it returns None and the compiled
+paths keep ``torch.mm`` between compiled passes; without brgemm (an older PyTorch) float32
+takes MKL.  Nothing is compiled on the user's machine and nothing is installed besides
+PyTorch.  ``RNNLAB_BLAS=torch`` turns it all off, ``RNNLAB_BLAS=mkl`` leaves brgemm out.
+
+The calls.  :func:`_gemm` and :func:`_brgemm` are LLVM intrinsics that call a function at
+an address given at run time (so the compiled code, with no address baked in, can be
+cached on disk); :func:`_set_local_threads` likewise.  The products take row-major views
+(rows contiguous, any row stride); Fortran's gemm gets the column-major C^T = B^T A^T.
+
+Same numbers on any number of threads: brgemm's rows and MKL's fixed chunks are computed
+by the same call whichever thread runs them, so the results do not depend on the thread
+count (the tests compare 1, 2 and 3 blocks bit for bit).
 """
 
 from __future__ import annotations
@@ -371,9 +381,11 @@ def product_rows(ctl, lo, hi, a, b, c, bias):
 # The products over every step (the input projection, the weight gradients, the input's
 # gradient) in tiles of about TILE_M x TILE_N, each tile's sum over k in blocks of TILE_K
 # (so that its block of B stays in L2 cache), added in order; the tiles are fixed by the
-# shape, so the result does not depend on the threads.
+# shape, so the result does not depend on the threads.  Tiles of 64 x 512 x 512 measured
+# 142-205 GFLOP/s on 2 threads with cold caches at the benchmark's shapes, 64 x 256 x 256
+# 146-204 (the four other shapes tried fell in between).
 
-TILE_M, TILE_N, TILE_K = 64, 256, 256
+TILE_M, TILE_N, TILE_K = 64, 512, 512
 MATMUL_MIN_WORK = 1 << 20  # multiply-adds below which PyTorch's product is as quick
 
 
@@ -479,6 +491,16 @@ def _workspace(slot: int, shape, dtype) -> np.ndarray:
     if space is None or space.size < size:
         space = spaces[(slot, np.dtype(dtype))] = np.empty(size, dtype)
     return space[:size].reshape(shape)
+
+
+def workspace(slot: int, like: torch.Tensor, *shape: int) -> torch.Tensor:
+    """A tensor of ``shape`` and ``like``'s dtype over this thread's workspace ``slot``
+    (:func:`_workspace`), for a buffer that lives only within one backward pass: the
+    reverse loops' (T, N, G) gradients would otherwise be fresh memory, a page fault per
+    4 KB on first write (the layer-norm LSTM's backward at shape 1 took 1,241 faults and
+    4 ms of system time a step).  Slots below 10 are :func:`matmul`'s."""
+    array = _workspace(slot, shape, torch.empty(0, dtype=like.dtype).numpy().dtype)
+    return torch.from_numpy(array)
 
 
 BLOCK = 32  # the square blocks a transposed copy moves (two 4 KB tiles of float32 in L1)

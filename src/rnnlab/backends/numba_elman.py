@@ -28,6 +28,7 @@ from rnnlab.backends.numba_blas import (
     matmul,
     product_block,
     stages_of,
+    workspace,
 )
 from rnnlab.backends.numba_generate import ACTIVATIONS, SIGMOID, TANH, _kernel_parallel
 from rnnlab.backends.numba_lstm import _np, _out, _parts, _region_call, _region_parts
@@ -247,7 +248,7 @@ class ElmanCompiledFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_hs):
         x, h0, weight_ih, weight_hh, hs = ctx.saved_tensors
-        delta = torch.empty_like(hs)  # delta_t of every step
+        delta = workspace(10, hs, *hs.shape)  # delta_t of every step (a reused workspace)
         grad_h0 = recurrence_backward(hs, grad_hs, weight_hh, ctx.nonlinearity, delta)
         needs, has_bias = ctx.needs_input_grad, ctx.has_bias
         return elman_grads(needs, has_bias, x, h0, hs, weight_ih, delta, grad_h0, matmul)

@@ -42,6 +42,7 @@ from rnnlab.backends.numba_blas import (
     matmul,
     product_block,
     stages_of,
+    workspace,
 )
 from rnnlab.backends.numba_generate import _kernel_parallel
 from rnnlab.backends.numba_lstm import (
@@ -257,8 +258,8 @@ class GRUCompiledFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_hs):
         x, h0, weight_ih, weight_hh, gates, us, hs = ctx.saved_tensors
-        delta = torch.empty_like(gates)  # delta_t of every step, (T, N, 3H)
-        grad_n_r = torch.empty_like(hs)  # delta^n_t r_t of every step (delta^h's n block)
+        delta = workspace(10, gates, *gates.shape)  # delta_t of every step (a reused workspace)
+        grad_n_r = workspace(11, hs, *hs.shape)  # delta^n_t r_t of every step (delta^h's n block)
         step_h = gates.new_empty(gates.shape[1:])  # delta^h_t of the current step
         grad_r = _zeros(h0, *h0.shape)  # W_hh^T delta^h_{t+1}
         carry = _zeros(h0, *h0.shape)  # h-bar_{t+1} z_{t+1}
@@ -547,7 +548,7 @@ class GRUChoCompiledFunction(torch.autograd.Function):
         T, N, _ = x.shape
         H = hs.shape[2]
         w_hrz, w_hn = weight_hh[: 2 * H], weight_hh[2 * H :]
-        delta = torch.empty_like(gates)  # delta_t of every step, (T, N, 3H)
+        delta = workspace(10, gates, *gates.shape)  # delta_t of every step (a reused workspace)
         g_rz = _zeros(h0, N, H)  # W_hrz^T [delta^r; delta^z]_{t+1}
         carry = _zeros(h0, N, H)  # h-bar_{t+1} z_{t+1} + rho-bar_{t+1} r_{t+1}
         grad_rho = h0.new_empty(N, H)  # W_hn^T delta^n_t

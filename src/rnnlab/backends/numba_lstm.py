@@ -80,6 +80,7 @@ from rnnlab.backends.numba_blas import (
     matmul,
     product_block,
     stages_of,
+    workspace,
 )
 from rnnlab.backends.numba_generate import _POOL_PID, _kernel_parallel, _matvec_t, threads_usable
 from rnnlab.backends.numba_math import (
@@ -891,8 +892,9 @@ class LSTMCompiledFunction(torch.autograd.Function):
         H, P = c0.shape[1], h0.shape[1]
         use_ln, proj = gamma_x is not None, weight_hr is not None
         # z-bar is a^h-bar without LN; with it, sums takes every gradient made from it
-        grad_gates = x.new_empty(T, N, 0) if use_ln else torch.empty_like(gates)
-        grad_a_h = torch.empty_like(gates) if use_ln else grad_gates  # a^h-bar
+        # the (T, N, 4H) buffers live within this backward only: reused workspaces
+        grad_gates = x.new_empty(T, N, 0) if use_ln else workspace(10, gates, T, N, 4 * H)
+        grad_a_h = workspace(11, gates, T, N, 4 * H) if use_ln else grad_gates  # a^h-bar
         grad_r = _zeros(h0, N, P)  # W_hh^T a^h-bar_{t+1}
         carry_h = _zeros(h0, N, P)  # d^h_{t+1} h-bar_{t+1}
         carry_c = _zeros(c0, N, H)  # what c_t gets from step t+1
@@ -907,7 +909,7 @@ class LSTMCompiledFunction(torch.autograd.Function):
         arrays += tuple(map(_out, (grad_r, carry_h, carry_c, grad_gates, grad_a_h)))
         arrays += (_np(c_tildes),)
         arrays += (_out(grad_u), _out(grad_h_tildes))
-        grad_a_xs = torch.empty_like(gates) if use_ln else x.new_empty(T, N, 0)  # a^x-bar
+        grad_a_xs = workspace(12, gates, T, N, 4 * H) if use_ln else x.new_empty(T, N, 0)  # a^x-bar
         width = (14 * H if use_ln else 0) + (3 * H if peephole is not None else 0)
         sums = np.zeros((N, width))  # per sequence: see _backward_rows
         ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c, a_x_hats, rstd_x)))

@@ -43,6 +43,7 @@ from rnnlab.backends.numba_blas import (
     matmul,
     product_block,
     stages_of,
+    workspace,
 )
 from rnnlab.backends.numba_generate import SIGMOID, TANH, _kernel_parallel
 from rnnlab.backends.numba_lstm import _np, _out, _parts, _region_call, _region_parts
@@ -229,7 +230,7 @@ class PascanuCompiledFunction(torch.autograd.Function):
         u, weight_ih, weight_hh, s_prev = ctx.saved_tensors
         T, N, H = s_prev.shape
         kind = KINDS[ctx.sigma]
-        delta = torch.empty_like(s_prev)  # delta_t = dE/dx_t, total, for every step
+        delta = workspace(10, s_prev, *s_prev.shape)  # delta_t = dE/dx_t of every step (reused)
         g = s_prev.new_zeros(N, H)  # W_rec^T delta_{t+1}
         arrays = (_np(s_prev), _np(grad_xs), _out(g), _out(delta))
         parts = _parts(N)

@@ -136,7 +136,7 @@ def outer_sum_prev(h0: Tensor, hs: Tensor, d: Tensor, mm=torch.mm) -> Tensor:
     stacked copy of h_{t-1}: the same sums without a (T, N, H) copy.  Shared by the
     Elman, GRU and LSTM backward passes; ``mm`` as :func:`input_projection`'s."""
     T, N, H = hs.shape
-    first = mm(h0.t(), d[0])
+    first = h0.t() @ d[0]  # N rows only: PyTorch's own product
     if T == 1:
         return first
     rest = d[1:].reshape((T - 1) * N, d.shape[2])
