@@ -39,11 +39,23 @@ def test_choose_precision(monkeypatch):
     choice = choose_precision("auto", CPU)
     assert choice.dtype is BF16 and "AMX" in choice.reason and choice.name == "bfloat16"
     monkeypatch.setattr(precision_module, "cpu_has_amx", lambda: False)
+    # without AMX, by the measured speed of bfloat16 against float32
+    monkeypatch.setattr(precision_module, "cpu_bfloat16_speedup", lambda: 0.8)
     choice = choose_precision("auto", CPU)
-    assert choice.dtype is None and choice.name == "float32"
+    assert choice.dtype is None and choice.name == "float32" and "0.80x" in choice.reason
+    monkeypatch.setattr(precision_module, "cpu_bfloat16_speedup", lambda: 2.3)
+    choice = choose_precision("auto", CPU)
+    assert choice.dtype is BF16 and "2.3x faster" in choice.reason
     with pytest.raises(ValueError, match="precision must be one of"):
         choose_precision("float16", CPU)
     assert isinstance(precision_module.cpu_has_amx(), bool)
+
+
+def test_the_bfloat16_speedup_is_measured_once():
+    precision_module.cpu_bfloat16_speedup.cache_clear()
+    speedup = precision_module.cpu_bfloat16_speedup()
+    assert 0 < speedup < 100
+    assert precision_module.cpu_bfloat16_speedup() == speedup  # cached for the process
 
 
 def test_config_checks_precision():

@@ -204,7 +204,8 @@ FLAGS = [
         ("optim", "precision"),
         dict(choices=PRECISIONS),
         "float32; bfloat16: the forward pass under autocast, weights and evaluation in "
-        "float32; auto: bfloat16 on a CPU with AMX or a GPU that supports it",
+        "float32; auto: bfloat16 on a GPU that supports it, or a CPU with AMX or where a "
+        "bfloat16 product measures at least 1.3x faster than float32",
     ),
     (
         "--ema",

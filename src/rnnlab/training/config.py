@@ -66,8 +66,9 @@ class OptimConfig:
     pascanu_alpha: weight of the Pascanu regulariser (0: off; single-layer rnn/pascanu);
     pascanu_decay: if > 0, alpha is divided by 1 + step / pascanu_decay (a 1/t decay);
     precision: ``float32``, ``bfloat16`` (the forward pass under ``torch.autocast``; weights,
-    gradients and evaluation stay float32) or ``auto`` (bfloat16 on a CPU with AMX or a GPU
-    that supports it, else float32); see :mod:`rnnlab.training.precision`;
+    gradients and evaluation stay float32) or ``auto`` (bfloat16 on a GPU that supports it,
+    or on a CPU with AMX or where a bfloat16 product measures 1.3x faster than float32,
+    else float32); see :mod:`rnnlab.training.precision`;
     ema: decay d of an exponential moving average of the weights that is validated, sampled
     and saved as ``best/`` (0: off; 0.99-0.999 typical); see :mod:`rnnlab.training.averaging`."""
 
