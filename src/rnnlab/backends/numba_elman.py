@@ -4,12 +4,15 @@ The equations and the hand-derived backward are those of :mod:`rnnlab.cells.elma
 :math:`h_t = \phi(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})`, phi in tanh, sigmoid,
 relu, and :math:`\delta_t = (\bar h_t + W_{hh}^\top \delta_{t+1}) \odot \phi'(h_t)` with
 :math:`\phi'` written in terms of :math:`h_t`.  As in :mod:`rnnlab.backends.numba_gru`,
-each step is one PyTorch matmul and one compiled pass over the rows (forward: the
-activation; backward: :math:`\delta_t`); the input side is one matmul over all steps and
-the weight gradients are :func:`rnnlab.cells.elman.elman_grads`, the fused path's own
-code.  Float32 layers take tanh and sigmoid from the float32 rational tanh of
-:mod:`rnnlab.backends.numba_math`, float64 layers from libm.  Rows are split over
-Numba's threads as in the LSTM path; results do not depend on the thread count.
+each step is one product and one compiled pass over the rows (forward: the activation;
+backward: :math:`\delta_t`), and the whole loop is one compiled call with the products
+inside it (:mod:`rnnlab.backends.numba_blas`), or, where PyTorch exports no BLAS for that,
+a Python loop with ``torch.mm`` between the passes.  The input side is one product over all
+steps and the weight gradients are :func:`rnnlab.cells.elman.elman_grads`, the fused path's
+own code (both through :func:`rnnlab.backends.numba_blas.matmul`).  Float32 layers take
+tanh and sigmoid from the float32 rational tanh of :mod:`rnnlab.backends.numba_math`,
+float64 layers from libm.  Rows (or MKL's column chunks) are split over Numba's threads as
+in the LSTM path; results do not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -173,7 +176,7 @@ def _backward_region_threads(kind, hs, grad_hs, grad_r, delta, w, ctl, sync):
 
 def recurrence_forward(hs, h0, weight_hh, nonlinearity):
     """In place, step by step: ``hs[t]`` (T, N, H) holds the input side of step t and
-    becomes h_t = phi(hs[t] + W_hh h_{t-1}), each step one PyTorch matmul and one compiled
+    becomes h_t = phi(hs[t] + W_hh h_{t-1}), each step one product and one compiled
     pass.  ``hs`` must be contiguous."""
     T, N, H = hs.shape
     kind = KINDS[nonlinearity]

@@ -8,22 +8,25 @@ matmul inside the step, after the reset gate: :class:`GRUChoCompiledFunction` ru
 of its steps as two matmuls, each followed by one compiled pass (the comment above it
 gives the split).
 
-As in :mod:`rnnlab.backends.numba_lstm`, each step is one PyTorch matmul and one compiled
-pass over the step's element-wise work, row by row:
+As in :mod:`rnnlab.backends.numba_lstm`, each step is one product and one compiled pass
+over the step's element-wise work, row by row:
 
-* forward: :math:`W_{hh} h_{t-1} + b_{hh}` (PyTorch), then :func:`_forward_row`: r and z,
+* forward: :math:`W_{hh} h_{t-1} + b_{hh}`, then :func:`_forward_row`: r and z,
   :math:`u_t`, n, and :math:`h_t = n_t + z_t \odot (h_{t-1} - n_t)`;
 * backward: :func:`_backward_row` from :math:`\bar h_t` to :math:`\delta_t` and
   :math:`\delta^h_t` (cells/gru.py, "Backward", torch form; only its n block,
-  :math:`\delta^n_t \odot r_t`, is kept for every step), then PyTorch's
+  :math:`\delta^n_t \odot r_t`, is kept for every step), then
   :math:`W_{hh}^\top \delta^h_t` for step t - 1.
 
-The input side is one matmul over all steps, and the weight gradients are
-:func:`rnnlab.cells.gru.torch_form_grads`, the fused path's own code.  Float32 layers
-take their gates from the float32 rational tanh of :mod:`rnnlab.backends.numba_math`
-(tanh within 4.1e-7, sigmoid within 2.3e-7), float64 layers from libm.  Rows are split
-over Numba's threads as in the LSTM path (:func:`rnnlab.backends.numba_lstm._parts`);
-results do not depend on the thread count.
+The whole loop is one compiled call with the products inside it
+(:mod:`rnnlab.backends.numba_blas`), or, where PyTorch exports no BLAS for that, a Python
+loop with ``torch.mm`` between the passes.  The input side is one product over all steps,
+and the weight gradients are :func:`rnnlab.cells.gru.torch_form_grads`, the fused path's own
+code (both through :func:`rnnlab.backends.numba_blas.matmul`).  Float32 layers take their
+gates from the float32 rational tanh of :mod:`rnnlab.backends.numba_math` (tanh within
+4.1e-7, sigmoid within 2.3e-7), float64 layers from libm.  Rows (or MKL's column chunks)
+are split over Numba's threads as in the LSTM path
+(:func:`rnnlab.backends.numba_lstm._parts`); results do not depend on the thread count.
 """
 
 from __future__ import annotations

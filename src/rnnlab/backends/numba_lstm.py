@@ -8,16 +8,22 @@ combination.
 What changes is how a step runs.  The fused path (:class:`rnnlab.cells.lstm.LSTMExtFunction`)
 spends each step in a dozen or more PyTorch calls over (N, 4H) tensors, and at the sizes of
 character models their fixed cost, not the arithmetic, is most of the time.  Here a step
-is two calls:
+is one product and one compiled pass:
 
-* forward: PyTorch's matmul :math:`a^h_t = r_{t-1} W_{hh}^\top` (N x 4H), then one
-  compiled pass (:func:`_forward_step`) that does every element-wise operation of the
-  step, row by row, so each row stays in L1 cache: the layer norm of :math:`a^h_t`,
-  peepholes, the four gates, the cell, its layer norm and tanh, zoneout, and
-  :math:`r_t = m \odot h_t` for the next matmul;
-* backward: one compiled pass (:func:`_backward_step`) from :math:`\bar h_t, \bar c_t` to
-  :math:`\bar z_t` and :math:`\bar a^h_t` (with both layer-norm backwards), then PyTorch's
-  matmul :math:`\bar a^h_t W_{hh}` for step t - 1.
+* forward: :math:`a^h_t = r_{t-1} W_{hh}^\top` (N x 4H), then one compiled pass
+  (:func:`_forward_rows`) that does every element-wise operation of the step, row by
+  row, so each row stays in L1 cache: the layer norm of :math:`a^h_t`, peepholes, the
+  four gates, the cell, its layer norm and tanh, zoneout, and :math:`r_t = m \odot h_t`
+  for the next product;
+* backward: one compiled pass (:func:`_backward_rows`) from :math:`\bar h_t, \bar c_t` to
+  :math:`\bar z_t` and :math:`\bar a^h_t` (with both layer-norm backwards), then the
+  product :math:`\bar a^h_t W_{hh}` for step t - 1.
+
+A batch's whole time loop is one compiled call (:func:`_forward_region_threads`, "a batch
+in one call" below): the products are oneDNN's brgemm (float32) or MKL (float64), called
+from the compiled code on each thread (:mod:`rnnlab.backends.numba_blas`), and in float32
+each thread runs its own sequences through every step.  Where PyTorch exports no such
+BLAS the loop stays in Python: ``torch.mm``, then the compiled pass, per step.
 
 A projected layer (``weight_hr``, h = W_hr u) takes a second matmul in each step: the
 forward pass stops at :math:`u_t = o_t \odot y_t`, PyTorch computes
@@ -49,13 +55,15 @@ ill-conditioned: see the test).  The layer-norm sums are taken in float64, in an
 change (``fastmath`` reassociation on those sums only).  Tests:
 ``tests/test_numba_lstm.py`` and ``tests/test_backends_training.py``.
 
-Threads: the matmuls use PyTorch's; each compiled pass splits the rows (the N
-sequences) over Numba's, as many as PyTorch has (:func:`_parts`).  Each row is computed
-the same way on any thread, so the results do not depend on the thread count.  A single
-sequence (batch 1, no projection) runs its whole time loop in one compiled call, with its
-own matrix-vector products; there the units are split instead, one block per thread, and
-the threads meet once per step inside one parallel region (see "a whole sequence in one
-call" below; with LN, whose sums take every unit, it runs on one thread).
+Threads: Numba's, as many as PyTorch has (:func:`_parts`).  A batch's rows are split
+over them (or, with MKL, each product's columns in fixed chunks, then the rows of the
+pass); each row and chunk is computed the same way on any thread, so the results do not
+depend on the thread count.  A single sequence (batch 1, no projection) runs its whole
+time loop in one compiled call with its own matrix-vector products; there the units are
+split instead, one block per thread, and the threads meet once per step inside one
+parallel region (see "a whole sequence in one call" below; with LN, whose sums take every
+unit, it runs on one thread).  The products over every step (input projection, weight
+and input gradients) go through :func:`rnnlab.backends.numba_blas.matmul`.
 """
 
 from __future__ import annotations
@@ -663,16 +671,17 @@ def _backward_sequence_threads(arrays, opts, ln, scratch, w, blocks, sync):
         _backward_blocks(p, parts, arrays, opts, ln, scratch, w, blocks, sync)
 
 
-# -- a batch in one call: the matmuls inside the parallel region ---------------------------
+# -- a batch in one call: the products inside the parallel region -------------------------
 #
-# With several sequences and the BLAS that PyTorch ships (:mod:`rnnlab.backends.numba_blas`)
-# the time loop runs in one parallel region too.  Each step is a few stages: a product,
-# cut into column chunks that the threads share (``gemm_columns``, MKL on each thread
-# alone), then a pass over the rows, split into one block of rows per thread
-# (:func:`_forward_rows` as above); the threads meet after each stage
-# (``numba_math._claim``).  Neither the chunks nor the rows depend on the thread count, so
-# neither do the results.  ``ctl`` (int64): the gemm's address, MKL's
-# ``MKL_Set_Num_Threads_Local``, and the column chunks of each product of the loop.
+# With several sequences and a BLAS that the compiled code can call
+# (:mod:`rnnlab.backends.numba_blas`) the time loop runs in one parallel region too.  In
+# float32 (brgemm) each thread takes a block of rows, its sequences, and runs them through
+# every step, product and pass, meeting the others only at the end: one claim per block
+# (``numba_blas.claims``).  Otherwise (MKL, whose values depend on how a product is cut)
+# each step is a few stages: a product cut into column chunks that the threads share,
+# then a pass over the rows, one block of rows per thread; the threads meet after each
+# stage (``numba_math._claim``).  Neither the rows nor the chunks depend on the thread
+# count, so neither do the results.  ``ctl``: ``numba_blas.make_ctl``.
 
 
 @_kernel
@@ -784,6 +793,8 @@ def _region_parts(N: int) -> int | None:
 
 
 def _region_call(single, threaded, parts: int, *args) -> None:
+    """Run a whole-loop kernel on ``parts`` blocks: its parallel form (``threaded``) with
+    a fresh ``sync`` of ``parts`` blocks, or its one-thread form (``single``)."""
     (threaded if parts > 1 else single)(*args, new_sync(parts))
 
 

@@ -10,20 +10,25 @@ The equations, the hand-derived backward and the names are those of
 
 with :math:`\sigma'` taken from the saved :math:`s = \sigma(x)` (:math:`1 - s^2` for tanh,
 :math:`s(1 - s)` for the sigmoid).  As in :mod:`rnnlab.backends.numba_elman`, each step is
-one PyTorch matmul and one compiled pass over its rows:
+one product and one compiled pass over its rows:
 
-* forward: :math:`r = \sigma(x_{t-1}) W_{rec}^\top` (PyTorch), then :func:`_forward_rows`:
+* forward: :math:`r = \sigma(x_{t-1}) W_{rec}^\top`, then :func:`_forward_rows`:
   :math:`x_t = x_t + r` (``xs[t]`` holds :math:`W_{in} u_t + b`) and
   :math:`\sigma(x_t)`, which the next step multiplies and backward keeps;
 * backward: :func:`_backward_rows`: :math:`\delta_t = \bar x_t + \sigma'(x_t) \odot g`
   with :math:`g = W_{rec}^\top \delta_{t+1}` from the previous matmul (none at the last
-  step), then PyTorch's :math:`g = W_{rec}^\top \delta_t` for step t - 1.
+  step), then :math:`g = W_{rec}^\top \delta_t` for step t - 1.
+
+The whole loop is one compiled call with the products inside it
+(:mod:`rnnlab.backends.numba_blas`; the numba_lstm module's "a batch in one call"), or,
+where PyTorch exports no BLAS for that, a Python loop with ``torch.mm`` between the
+passes.
 
 The input projection, the saved tensors (:math:`\sigma(x_{t-1})` of every step) and the
 weight gradients are the fused path's.  Float32 layers take tanh and sigmoid from the
 float32 rational tanh of :mod:`rnnlab.backends.numba_math` (tanh within 4.1e-7, sigmoid
-within 2.3e-7), float64 layers from libm.  Rows are split over Numba's threads as in the
-LSTM path; results do not depend on the thread count.  Tests:
+within 2.3e-7), float64 layers from libm.  Rows (or MKL's column chunks) are split over
+Numba's threads as in the LSTM path; results do not depend on the thread count.  Tests:
 ``tests/test_numba_pascanu.py``.
 """
 

@@ -14,11 +14,12 @@ The layers of :mod:`rnnlab.layers` (``RNN``, ``LSTM``, ``GRU``, ``PascanuRNN``,
                relu).  On the CPU in float32 PyTorch runs the LSTM through oneDNN.
 
 ``numba``      the LSTM (any of its options), the GRU (both forms) and
-               the Elman layer on the CPU in float32 or float64: each step one PyTorch
-               matmul and one compiled pass over the step's element-wise work, forward
-               and backward (:mod:`rnnlab.backends.numba_lstm`, ``numba_gru``,
-               ``numba_elman``), and the Pascanu form (``numba_pascanu``).  The Jordan
-               network with hidden recurrence: its fused path with the hidden loop
+               the Elman layer on the CPU in float32 or float64: each step one product
+               and one compiled pass over the step's element-wise work, forward and
+               backward, a batch's whole loop in one compiled call with oneDNN's brgemm
+               or MKL called inside it (:mod:`rnnlab.backends.numba_lstm`, ``numba_gru``,
+               ``numba_elman``, ``numba_blas``), and the Pascanu form (``numba_pascanu``).
+               The Jordan network with hidden recurrence: its fused path with the hidden loop
                compiled (``numba_elman.ElmanRecurrence``) wherever that loop is the
                Elman one, under full teacher forcing; a free-running or
                scheduled-sampling call runs as ``fused``.
