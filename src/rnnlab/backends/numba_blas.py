@@ -50,7 +50,6 @@ import ctypes
 import functools
 import os
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +60,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from rnnlab.backends.buffers import _workspace, pooled, workspace
 from rnnlab.backends.numba_math import _jit, _kernel, numba_threads
 
 _kernel_par = functools.partial(_jit, refcounts=False, parallel=True)
@@ -451,7 +451,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -
         or a.shape[0] * a.shape[1] * b.shape[1] < MATMUL_MIN_WORK
     ):
         return a @ b if bias is None else torch.addmm(bias, a, b)
-    c = a.new_empty(a.shape[0], b.shape[1])
+    c = pooled((a.shape[0], b.shape[1]), a.dtype)
     ctl = make_ctl(np.float32, 0, 1)
     args = (ctl, _rows(a, 0), _rows(b, 1), c.numpy(), NO_BIAS if bias is None else bias.numpy())
     if parts > 1:
@@ -476,31 +476,6 @@ def _rows(tensor: torch.Tensor, slot: int = 0) -> np.ndarray:
         (_transposed_threads if parts > 1 else _transposed_one)(source, out, parts)
         return out
     return tensor.contiguous().numpy()
-
-
-_WORKSPACES = threading.local()
-
-
-def _workspace(slot: int, shape, dtype) -> np.ndarray:
-    """A scratch array of ``shape`` kept per thread and slot and reused while it is big
-    enough: a fresh one of a few MB costs a page fault per 4 KB page when first written,
-    as much time here as the transposed copy itself."""
-    spaces = _WORKSPACES.__dict__.setdefault("spaces", {})
-    size = int(np.prod(shape))
-    space = spaces.get((slot, np.dtype(dtype)))
-    if space is None or space.size < size:
-        space = spaces[(slot, np.dtype(dtype))] = np.empty(size, dtype)
-    return space[:size].reshape(shape)
-
-
-def workspace(slot: int, like: torch.Tensor, *shape: int) -> torch.Tensor:
-    """A tensor of ``shape`` and ``like``'s dtype over this thread's workspace ``slot``
-    (:func:`_workspace`), for a buffer that lives only within one backward pass: the
-    reverse loops' (T, N, G) gradients would otherwise be fresh memory, a page fault per
-    4 KB on first write (the layer-norm LSTM's backward at shape 1 took 1,241 faults and
-    4 ms of system time a step).  Slots below 10 are :func:`matmul`'s."""
-    array = _workspace(slot, shape, torch.empty(0, dtype=like.dtype).numpy().dtype)
-    return torch.from_numpy(array)
 
 
 BLOCK = 32  # the square blocks a transposed copy moves (two 4 KB tiles of float32 in L1)
@@ -562,4 +537,5 @@ __all__ = [
     "product_columns",
     "product_rows",
     "stages_of",
+    "workspace",
 ]

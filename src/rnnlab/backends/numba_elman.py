@@ -21,6 +21,7 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
+from rnnlab.backends.buffers import workspace
 from rnnlab.backends.numba_blas import (
     CHUNKS,
     NO_BIAS,
@@ -31,7 +32,6 @@ from rnnlab.backends.numba_blas import (
     matmul,
     product_block,
     stages_of,
-    workspace,
 )
 from rnnlab.backends.numba_generate import ACTIVATIONS, SIGMOID, TANH, _kernel_parallel
 from rnnlab.backends.numba_lstm import _np, _out, _parts, _region_call, _region_parts

@@ -35,6 +35,7 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
+from rnnlab.backends.buffers import pooled, workspace
 from rnnlab.backends.numba_blas import (
     CHUNKS,
     NO_BIAS,
@@ -45,7 +46,6 @@ from rnnlab.backends.numba_blas import (
     matmul,
     product_block,
     stages_of,
-    workspace,
 )
 from rnnlab.backends.numba_generate import _kernel_parallel
 from rnnlab.backends.numba_lstm import (
@@ -231,8 +231,8 @@ class GRUCompiledFunction(torch.autograd.Function):
         T, N, I = x.shape
         H = weight_hh.shape[1]
         gates = input_projection(x, weight_ih, bias_ih, matmul)  # a_t = W_ih x_t + b_ih
-        hs = x.new_empty(T, N, H)
-        us = x.new_empty(T, N, H)  # u_t = W_hn h_{t-1} + b_hn, for r-bar
+        hs = pooled((T, N, H), x.dtype)  # from the pool (backends/buffers.py)
+        us = pooled((T, N, H), x.dtype)  # u_t = W_hn h_{t-1} + b_hn, for r-bar
         rec = x.new_empty(N, 3 * H)  # W_hh h_{t-1} + b_hh of the current step
         arrays = (*map(_out, (gates, rec)), _np(h0), *map(_out, (us, hs)))
         parts = _parts(N)
@@ -515,7 +515,7 @@ class GRUChoCompiledFunction(torch.autograd.Function):
         T, N, _ = x.shape
         H = weight_hh.shape[1]
         gates = input_projection(x, weight_ih, _combined_bias(bias_ih, bias_hh, x), matmul)
-        hs = x.new_empty(T, N, H)
+        hs = pooled((T, N, H), x.dtype)  # from the pool (backends/buffers.py)
         rec, rho, rec_n = x.new_empty(N, 2 * H), x.new_empty(N, H), x.new_empty(N, H)
         g_np, h0_np, hs_np = _out(gates), _np(h0), _out(hs)
         rec_np, rho_np, rec_n_np = _out(rec), _out(rho), _out(rec_n)

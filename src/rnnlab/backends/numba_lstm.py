@@ -77,6 +77,7 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
+from rnnlab.backends.buffers import pooled, workspace
 from rnnlab.backends.numba_blas import (
     CHUNKS,
     NO_BIAS,
@@ -88,7 +89,6 @@ from rnnlab.backends.numba_blas import (
     matmul,
     product_block,
     stages_of,
-    workspace,
 )
 from rnnlab.backends.numba_generate import _POOL_PID, _kernel_parallel, _matvec_t, threads_usable
 from rnnlab.backends.numba_math import (
@@ -834,15 +834,16 @@ class LSTMCompiledFunction(torch.autograd.Function):
         if use_ln:  # a^x_t; its layer norm and the shifts are done in each step's pass
             gates = input_projection(x, weight_ih, mm=matmul)
             shift = beta_x + beta_h if bias is None else beta_x + beta_h + bias
-            a_x_hats, rstd_x = x.new_empty(T, N, G), x.new_empty(T, N, 1)
+            a_x_hats, rstd_x = pooled((T, N, G), x.dtype), x.new_empty(T, N, 1)
         else:
             gates = input_projection(x, weight_ih, bias, matmul)
             a_x_hats, rstd_x, shift = x.new_empty(T, N, 0), x.new_empty(T, N, 0), x.new_empty(0)
-        hs, cs, ys = x.new_empty(T, N, P), x.new_empty(T, N, H), x.new_empty(T, N, H)
-        us = x.new_empty(T, N, H if proj else 0)  # u_t = o_t y_t, before W_hr
-        c_tildes = cs if zone_c is None else x.new_empty(T, N, H)
+        # (T, N, .) buffers from the pool (backends/buffers.py): no page faults
+        hs, cs, ys = (pooled((T, N, k), x.dtype) for k in (P, H, H))
+        us = pooled((T, N, H if proj else 0), x.dtype)  # u_t = o_t y_t, before W_hr
+        c_tildes = cs if zone_c is None else pooled((T, N, H), x.dtype)
         ln_rows = (G, 1, H, 1) if use_ln else (0, 0, 0, 0)
-        a_h_hats, rstd_h, c_hats, rstd_c = (x.new_empty(T, N, k) for k in ln_rows)
+        a_h_hats, rstd_h, c_hats, rstd_c = (pooled((T, N, k), x.dtype) for k in ln_rows)
         r = h0.detach() if drop_mask is None else h0.detach() * drop_mask
         r = r.contiguous().clone()  # r_{t-1} = m h_{t-1}, written by each step
         a_h = x.new_empty(N, G)  # r_{t-1} W_hh^T

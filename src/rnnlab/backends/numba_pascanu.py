@@ -38,6 +38,7 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
+from rnnlab.backends.buffers import pooled, workspace
 from rnnlab.backends.numba_blas import (
     CHUNKS,
     NO_BIAS,
@@ -48,7 +49,6 @@ from rnnlab.backends.numba_blas import (
     matmul,
     product_block,
     stages_of,
-    workspace,
 )
 from rnnlab.backends.numba_generate import SIGMOID, TANH, _kernel_parallel
 from rnnlab.backends.numba_lstm import _np, _out, _parts, _region_call, _region_parts
@@ -207,7 +207,7 @@ class PascanuCompiledFunction(torch.autograd.Function):
         kind = KINDS[sigma]
         xs = input_projection(u, weight_ih, bias, matmul)  # W_in u_t + b of every step
         # s_prev[t] = sigma(x_{t-1}) of step t: what W_rec multiplies, and all backward needs
-        s_prev = xs.new_empty(T, N, H)
+        s_prev = pooled((T, N, H), xs.dtype)  # from the pool (backends/buffers.py)
         (torch.tanh if sigma == "tanh" else torch.sigmoid)(x0.detach(), out=s_prev[0])
         rec = xs.new_empty(N, H)  # W_rec sigma(x_{t-1})
         arrays = (_out(xs), _out(s_prev), _out(rec))
