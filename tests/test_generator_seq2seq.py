@@ -347,7 +347,8 @@ def _reverse_data(n, seed, longest=4):
     "attention, bidirectional, steps, hidden, batch_size, lr",
     [
         ("none", False, 160, 48, 64, 0.01),
-        ("bahdanau", True, 160, 32, 64, 0.01),
+        # 320 updates: at 160 this one ended at 0.885-0.995 over seeds 0-3 on one host
+        ("bahdanau", True, 320, 32, 64, 0.01),
         ("luong", True, 140, 32, 64, 0.01),
     ],
 )
