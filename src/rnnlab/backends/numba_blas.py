@@ -467,9 +467,10 @@ def _rows(tensor: torch.Tensor, slot: int = 0) -> np.ndarray:
     (:func:`_workspace`: valid until the next call with that slot on this thread),
     anything else by PyTorch."""
     tensor = tensor.detach()
-    if tensor.shape[1] <= 1 or tensor.stride(1) == 1:
-        return tensor.numpy()
-    if tensor.stride(0) == 1:  # the transpose of a (cols, rows) array with rows contiguous
+    rows, cols = tensor.shape
+    if (cols <= 1 or tensor.stride(1) == 1) and tensor.stride(0) >= cols:
+        return tensor.numpy()  # rows contiguous, and a row stride the products accept
+    if tensor.stride(0) == 1 and rows > 1:  # the transpose of a (cols, rows) row-major array
         source = tensor.t().numpy()
         out = _workspace(slot, tensor.shape, source.dtype)
         parts = _matmul_parts() or 1
