@@ -39,9 +39,11 @@ the fused path (:func:`rnnlab.cells.lstm.ext_input_gates`) makes a pass over all
 The weight gradients are the fused path's matmuls
 (:func:`rnnlab.cells.lstm.ext_parameter_grads`); the gradients that are sums over time of
 element-wise products (LN's gains and shifts, the biases with LN, the peepholes) the
-reverse loop adds up per sequence as it goes, in float64, while the rows are in cache, and
-with LN it computes :math:`\bar a^x_t` there too.  The tensors kept for backward are the
-fused path's, so memory is as documented there.
+reverse loop adds up per sequence as it goes, in the layer's dtype, while the rows are in
+cache (float32 sums made the layer-norm LSTM's step 0.96 of its time with float64 ones;
+the fused path sums in float32 too), and with LN it computes :math:`\bar a^x_t` there
+too.  The tensors kept for backward are the fused path's, so memory is as documented
+there.
 
 Arithmetic.  Float64 layers compute in float64 with libm's ``exp`` and ``tanh``, and
 equal the reference path to about 1e-14.  For float32 layers the forward pass computes
@@ -51,8 +53,8 @@ float32 input), which has no calls or branches, so LLVM vectorises each gate loo
 lanes wide; the backward passes compute in float64 from the stored float32 values (their
 constants are float64) and store float32.  Float32 results equal the fused path within
 the tests' 2e-5 (1e-4 for the projected layer with every option, whose test data is
-ill-conditioned: see the test).  The layer-norm sums are taken in float64, in an order LLVM may
-change (``fastmath`` reassociation on those sums only).  Tests:
+ill-conditioned: see the test).  Each row's layer-norm statistics are taken in float64,
+in an order LLVM may change (``fastmath`` reassociation on those sums only).  Tests:
 ``tests/test_numba_lstm.py`` and ``tests/test_backends_training.py``.
 
 Threads: Numba's, as many as PyTorch has (:func:`_parts`).  A batch's rows are split
@@ -146,7 +148,7 @@ def _normalise(v, out):
 def _gain_sums(g, gamma, v_hat, gains, shifts):
     """(sum of g^, sum of g^ v^) with ``g^ = gamma * g``, in float64; and this row's terms
     of gamma's and beta's gradients added in the same read: ``g v^`` to ``gains`` and ``g``
-    to ``shifts`` (float64, length 0 to skip)."""
+    to ``shifts`` (the per-sequence sums, length 0 to skip)."""
     s = 0.0
     sv = 0.0
     if shifts.shape[0] > 0:
@@ -326,8 +328,8 @@ def _backward_row(z, c_prev, y, grad_hs, grad_cs, grad_r, m, peep, gamma_h, gamm
 
     With a projection ``grad_u`` holds u-bar = W_hr^T h~-bar (from :func:`_unproject_rows`
     and a matmul) and the h-bar arguments are not read; else it has length 0.  With LN
-    also ``grad_a_x`` = a^x-bar_t and, added to this sequence's ``sums`` (14H values,
-    float64), its terms of the sums over time of z-bar a^x-hat (gamma_x), z-bar a^h-hat
+    also ``grad_a_x`` = a^x-bar_t and, added to this sequence's ``sums`` (14H values, the
+    layer's dtype), its terms of the sums over time of z-bar a^x-hat (gamma_x), z-bar a^h-hat
     (gamma_h), n-bar c-hat (gamma_c), n-bar (beta_c) and z-bar (the biases and beta_x):
     the parameter gradients without a pass over all steps.  With peepholes, likewise
     ``peep_sums`` (3H values) takes the terms of w_ci's, w_cf's and w_co's gradients,
@@ -432,7 +434,8 @@ def _backward_rows(t, lo, hi, arrays, opts, ln, scratch, a, b):
     ``arrays``: (gates, c0, cs, ys, grad_hs, grad_cs, grad_r, carry_h, carry_c, grad_gates,
     grad_a_h, c_tildes, grad_u, grad_h_tildes), the last two (N, H) and (T, N, P) with a
     projection, else empty; ``opts`` as :func:`_forward_rows`; ``ln``: (a_h_hats, rstd_h,
-    c_hats, rstd_c, a_x_hats, rstd_x, gamma_x, grad_a_xs, sums), ``sums`` (N, K) float64,
+    c_hats, rstd_c, a_x_hats, rstd_x, gamma_x, grad_a_xs, sums), ``sums`` (N, K), the dtype
+    of the layer,
     K = 14H with LN (:func:`_backward_row`'s ``sums``) + 3H with peepholes (its
     ``peep_sums``); ``grad_gates`` is (T, N, 0) where z-bar is not kept; ``scratch``
     (9H,)."""
@@ -923,7 +926,7 @@ class LSTMCompiledFunction(torch.autograd.Function):
         arrays += (_out(grad_u), _out(grad_h_tildes))
         grad_a_xs = workspace(12, gates, T, N, 4 * H) if use_ln else x.new_empty(T, N, 0)  # a^x-bar
         width = (14 * H if use_ln else 0) + (3 * H if peephole is not None else 0)
-        sums = np.zeros((N, width))  # per sequence: see _backward_rows
+        sums = np.zeros((N, width), dtype=scratch.dtype)  # per sequence: see _backward_rows
         ln = tuple(map(_np, (a_h_hats, rstd_h, c_hats, rstd_c, a_x_hats, rstd_x)))
         ln += (_np(x.new_empty(0) if gamma_x is None else gamma_x), _out(grad_a_xs), sums)
         if whole:
