@@ -36,6 +36,7 @@ _ALIGN = 64  # bytes: a cache line, and an AVX-512 vector
 _LOCAL = threading.local()
 _POOL: dict[tuple[int, np.dtype], list[np.ndarray]] = {}
 _POOL_LOCK = threading.Lock()
+_ZEROS: dict[np.dtype, np.ndarray] = {}
 
 
 def _workspace(slot: int, shape, dtype) -> np.ndarray:
@@ -75,6 +76,20 @@ def pooled(shape, dtype: torch.dtype) -> torch.Tensor:
             array = _aligned(size, np_dtype)
             arrays.append(array)
         return torch.from_numpy(array).view(shape)
+
+
+def zeros(shape, dtype: torch.dtype) -> np.ndarray:
+    """A numpy array of zeros of ``shape``: a view of one zero buffer kept per dtype (grown
+    when too small), for inputs the compiled loops only read, such as the gradient of an
+    output that nothing used (autograd passes None there, rather than a fresh
+    (T, N, H) tensor of zeros for each call).  Never write to it."""
+    np_dtype = _numpy_dtype(dtype)
+    size = int(np.prod(shape))
+    with _POOL_LOCK:
+        buffer = _ZEROS.get(np_dtype)
+        if buffer is None or buffer.size < size:
+            buffer = _ZEROS[np_dtype] = np.zeros(max(size, 1), np_dtype)
+    return buffer[:size].reshape(shape)
 
 
 def release() -> int:
@@ -120,4 +135,4 @@ def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
     return torch.empty(0, dtype=dtype).numpy().dtype
 
 
-__all__ = ["POOL_LIMIT", "POOL_MIN_BYTES", "pooled", "release", "workspace"]
+__all__ = ["POOL_LIMIT", "POOL_MIN_BYTES", "pooled", "release", "workspace", "zeros"]

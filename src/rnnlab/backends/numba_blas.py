@@ -89,6 +89,7 @@ class Blas:
     dgemm: int
     set_local_threads: int
     brgemm: int = 0
+    transpose: int = 0
 
     def product(self, dtype) -> tuple[int, int]:
         """(kind, address) of the product for arrays of ``dtype``: oneDNN's brgemm for
@@ -117,7 +118,7 @@ def blas() -> Blas | None:
         return None
     addresses = [ctypes.cast(f, ctypes.c_void_p).value for f in found]
     brgemm = _working_brgemm(lib) if choice == "auto" else 0
-    return Blas(*addresses, brgemm=brgemm)
+    return Blas(*addresses, brgemm=brgemm, transpose=_working_transpose(lib))
 
 
 def _working_brgemm(lib) -> int:
@@ -140,6 +141,28 @@ def _working_brgemm(lib) -> int:
     fn(5, 3, 7, 9, 4, 6, True, a.ctypes.data, b.ctypes.data, c.ctypes.data, False)
     expected = a[:, :7].astype(np.float64) @ b[:, :3] + 1.0
     ok = np.allclose(c[:, :3], expected, atol=1e-5) and np.all(c[:, 3:] == 1.0)
+    return ctypes.cast(fn, ctypes.c_void_p).value if ok else 0
+
+
+# fbgemm::transpose_simd<float>(M, N, const float* src, ld_src, float* dst, ld_dst): dst =
+# src^T for an M x N row-major src, with AVX-512 / AVX2 kernels chosen at run time
+# (fbgemm's own reference loop on other CPUs).  PyTorch ships it inside libtorch_cpu.
+_TRANSPOSE_F32 = "_ZN6fbgemm14transpose_simdIfEEvllPKT_lPS1_l"
+
+
+def _working_transpose(lib) -> int:
+    """The address of fbgemm's float32 transpose, if PyTorch exports it and it transposes
+    a small strided matrix right; else 0 (:func:`_transpose_blocks` keeps its own loop)."""
+    try:
+        fn = getattr(lib, _TRANSPOSE_F32)
+    except AttributeError:
+        return 0
+    long, pointer = ctypes.c_int64, ctypes.c_void_p
+    fn.restype, fn.argtypes = None, [long, long, pointer, long, pointer, long]
+    src = np.arange(7 * 20, dtype=np.float32).reshape(7, 20)  # 7 x 19 used, row stride 20
+    dst = np.full((19, 9), -1.0, np.float32)  # 19 x 7 written, row stride 9
+    fn(7, 19, src.ctypes.data, 20, dst.ctypes.data, 9)
+    ok = np.array_equal(dst[:, :7], src[:, :19].T) and np.all(dst[:, 7:] == -1.0)
     return ctypes.cast(fn, ctypes.c_void_p).value if ok else 0
 
 
@@ -259,6 +282,39 @@ def _brgemm(typingctx, fn, m, n, k, a, lda, b, ldb, c, ldc, add):
                 _data(context, builder, ts[6], b_),
                 _data(context, builder, ts[8], c_),
                 ir.Constant(i8, 0),
+            ],
+        )
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _transpose_call(typingctx, fn, m, n, src, ld_src, dst, ld_dst):
+    """``dst[:n, :m] = src[:m, :n]^T`` through fbgemm's float32 transpose at address
+    ``fn`` (row strides ``ld_src``, ``ld_dst``; arrays whose first element is the
+    matrix's first)."""
+    sig = types.void(fn, m, n, src, ld_src, dst, ld_dst)
+
+    def codegen(context, builder, signature, args):
+        fn_, m_, n_, src_, lds_, dst_, ldd_ = args
+        ts = signature.args
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(ir.VoidType(), [i64, i64, _I8P, i64, _I8P, i64])
+        call = _function(context, builder, fn_, ts[0], fnty)
+
+        def long(value, ty):
+            return context.cast(builder, value, ty, types.int64)
+
+        builder.call(
+            call,
+            [
+                long(m_, ts[1]),
+                long(n_, ts[2]),
+                _data(context, builder, ts[3], src_),
+                long(lds_, ts[4]),
+                _data(context, builder, ts[5], dst_),
+                long(ldd_, ts[6]),
             ],
         )
         return context.get_dummy_value()
@@ -428,12 +484,10 @@ def _matmul_threads(ctl, a, b, c, bias, parts):
         _tiles(ctl, a, b, c, bias, p, parts)
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b (+ bias)`` for 2-D float32 CPU tensors, through oneDNN's brgemm in tiles on
-    Numba's threads where :func:`blas` found it and the threads are usable; else
-    PyTorch's own ``a @ b``.  No autograd: for the hand-derived passes, which run with
-    gradients off.  An operand whose rows are not contiguous (a transposed view) is
-    copied first."""
+def _threads_for(a: torch.Tensor, b: torch.Tensor, work: int) -> int | None:
+    """The threads :func:`matmul` computes a product of 2-D ``a`` and ``b`` on (``work``
+    multiply-adds), or None where it leaves the product to PyTorch: no brgemm or usable
+    threads, autograd, not float32 on the CPU, not 2-D, or too small to pay."""
     lib = blas()
     parts = _matmul_parts()
     if (
@@ -448,12 +502,16 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -
         or b.device.type != "cpu"
         or a.dim() != 2
         or b.dim() != 2
-        or a.shape[0] * a.shape[1] * b.shape[1] < MATMUL_MIN_WORK
+        or work < MATMUL_MIN_WORK
     ):
-        return a @ b if bias is None else torch.addmm(bias, a, b)
-    c = pooled((a.shape[0], b.shape[1]), a.dtype)
-    ctl = make_ctl(np.float32, 0, 1)
-    args = (ctl, _rows(a, 0), _rows(b, 1), c.numpy(), NO_BIAS if bias is None else bias.numpy())
+        return None
+    return parts
+
+
+def _tiled(a: np.ndarray, b: np.ndarray, bias: np.ndarray, parts: int) -> torch.Tensor:
+    """``a @ b (+ bias)`` in brgemm tiles on ``parts`` threads, into a pooled tensor."""
+    c = pooled((a.shape[0], b.shape[1]), torch.float32)
+    args = (make_ctl(np.float32, 0, 1), a, b, c.numpy(), bias)
     if parts > 1:
         _matmul_threads(*args, parts)
     else:
@@ -461,9 +519,65 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -
     return c
 
 
+def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b (+ bias)`` for 2-D float32 CPU tensors, through oneDNN's brgemm in tiles on
+    Numba's threads where :func:`blas` found it and the threads are usable; else
+    PyTorch's own ``a @ b``.  No autograd: for the hand-derived passes, which run with
+    gradients off.  An operand whose rows are not contiguous (a transposed view) is
+    copied first.  ``matmul.outer_sum_prev`` and ``matmul.outer_and_sums`` are
+    :func:`outer_sum_prev` and :func:`outer_and_sums`, which the cells' helpers of those
+    names (:mod:`rnnlab.cells.elman`) take where the product they are given has them."""
+    parts = _threads_for(a, b, a.shape[0] * a.shape[1] * b.shape[-1])
+    if parts is None:
+        b = b.contiguous()  # a transposed weight: PyTorch's product is quicker with a copy
+        return a @ b if bias is None else torch.addmm(bias, a, b)
+    if bias is not None:  # (n,), or a scalar added to every column
+        bias = bias.detach().to(torch.float32).expand(b.shape[1]).contiguous().numpy()
+    return _tiled(_rows(a, 0), _rows(b, 1), NO_BIAS if bias is None else bias, parts)
+
+
+def outer_sum_prev(h0: torch.Tensor, hs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``sum_t h_{t-1}^T d_t``, (H, G), with h_{-1} = ``h0`` (N, H); ``hs`` (T, N, H), ``d``
+    (T, N, G) (rows contiguous; a column slice of a larger tensor is fine): the recurrent
+    weight gradient's sum over time, as :func:`rnnlab.cells.elman.outer_sum_prev`, in one
+    product over all T N rows: h0 and hs[:-1] are transposed side by side into one
+    workspace, which the transposed operand needed anyway.  Where :func:`matmul` would
+    leave the product to PyTorch, so does this (two products, the cells' way)."""
+    T, N, H = hs.shape
+    d2 = d.reshape(T * N, d.shape[2])
+    parts = _threads_for(hs[0], d2, T * N * H * d2.shape[1])
+    if parts is None or h0.dtype != torch.float32 or T == 1:
+        from rnnlab.cells.elman import outer_sum_prev as two_products
+
+        return two_products(h0, hs, d)
+    prev = _workspace(0, (H, T * N), np.float32)
+    transpose_into(prev, h0.detach().contiguous().numpy(), hs[:-1].detach().reshape(-1, H).numpy())
+    return _tiled(prev, _rows(d2, 1), NO_BIAS, parts)
+
+
+def outer_and_sums(x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x^T d, the column sums of d)`` for ``x`` (M, I) and ``d`` (M, G): an input weight's
+    gradient and its bias's, in one product.  x is transposed into a workspace with a row
+    of ones under it, which makes the product's last row d's column sums: no pass over d
+    of its own.  Where :func:`matmul` would leave the product to PyTorch, so does this."""
+    M, I = x.shape
+    parts = _threads_for(x, d, M * (I + 1) * d.shape[1])
+    if parts is None:
+        return matmul(x.t(), d), d.sum(0)
+    ones_under = _workspace(2, (I + 1, M), np.float32)
+    transpose_into(ones_under[:I], x.detach().contiguous().numpy())
+    ones_under[I] = 1.0
+    both = _tiled(ones_under, _rows(d, 1), NO_BIAS, parts)
+    return both[:I], both[I]
+
+
+matmul.outer_sum_prev = outer_sum_prev
+matmul.outer_and_sums = outer_and_sums
+
+
 def _rows(tensor: torch.Tensor, slot: int = 0) -> np.ndarray:
     """A numpy view of 2-D ``tensor`` with contiguous rows; a transposed view (columns
-    contiguous) is copied into rows (:func:`_transpose_blocks`) in workspace ``slot``
+    contiguous) is copied into rows (:func:`transpose_into`) in workspace ``slot``
     (:func:`_workspace`: valid until the next call with that slot on this thread),
     anything else by PyTorch."""
     tensor = tensor.detach()
@@ -472,41 +586,74 @@ def _rows(tensor: torch.Tensor, slot: int = 0) -> np.ndarray:
         return tensor.numpy()  # rows contiguous, and a row stride the products accept
     if tensor.stride(0) == 1 and rows > 1:  # the transpose of a (cols, rows) row-major array
         source = tensor.t().numpy()
-        out = _workspace(slot, tensor.shape, source.dtype)
-        parts = _matmul_parts() or 1
-        (_transposed_threads if parts > 1 else _transposed_one)(source, out, parts)
-        return out
+        return transpose_into(_workspace(slot, tensor.shape, source.dtype), source)
     return tensor.contiguous().numpy()
 
 
+def transpose_into(out: np.ndarray, *sources: np.ndarray) -> np.ndarray:
+    """``out = [s_1; s_2; ...]^T``: each source (rows contiguous) transposed into the next
+    columns of ``out``; returns ``out``.  fbgemm's transpose (float32, where
+    :func:`blas` found it) or a blocked loop, the rows shared out over Numba's threads."""
+    lib = blas()
+    fn = lib.transpose if lib is not None and out.dtype == np.float32 else 0
+    threads = _matmul_parts() or 1
+    col = 0
+    for source in sources:
+        parts = threads if source.size >= TRANSPOSE_THREADS_FROM else 1
+        if source.shape[0] > 0:
+            (_transposed_threads if parts > 1 else _transposed_one)(fn, source, out, col, parts)
+        col += source.shape[0]
+    return out
+
+
+def transposed(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``tensor.t()`` (2-D, CPU, rows contiguous): the step weights
+    ``W^T`` of the compiled loops (PyTorch's strided copy of a 512 x 128 weight took 44 µs
+    here, fbgemm's transpose 7)."""
+    source = _rows(tensor.detach())
+    out = torch.empty(tensor.shape[1], tensor.shape[0], dtype=tensor.dtype)
+    transpose_into(out.numpy(), source)
+    return out
+
+
+TRANSPOSE_THREADS_FROM = 1 << 18  # elements; smaller transposes run on the calling thread
 BLOCK = 32  # the square blocks a transposed copy moves (two 4 KB tiles of float32 in L1)
 
 
 @_kernel
-def _transpose_blocks(source, out, p, parts):
-    """Thread ``p``'s share of ``out = source^T``: the BLOCK-column stripes of ``source``
-    p, p + parts, ...; each stripe moved block by block, so reads and writes stay in
-    cache lines already loaded (PyTorch's strided copy ran 2.7 GB/s here)."""
+def _transpose_part(fn, source, out, col, p, parts):
+    """Thread ``p``'s share of ``out[:, col:col + rows] = source^T``: its block of the
+    rows of ``source``, through fbgemm's transpose at address ``fn``, or (``fn`` 0) block
+    by block, so reads and writes stay in cache lines already loaded (PyTorch's strided
+    copy ran 2.7 GB/s here; fbgemm's transpose 46-55 GB/s, this loop 10 on one thread)."""
     rows, cols = source.shape
-    for c0 in range(p * BLOCK, cols, parts * BLOCK):
+    lo, hi = p * rows // parts, (p + 1) * rows // parts
+    if hi <= lo:
+        return
+    if fn != 0:
+        ld_source = source.strides[0] // source.itemsize
+        ld_out = out.strides[0] // out.itemsize
+        _transpose_call(fn, hi - lo, cols, source[lo:], ld_source, out[:, col + lo :], ld_out)
+        return
+    for c0 in range(0, cols, BLOCK):
         c1 = min(cols, c0 + BLOCK)
-        for r0 in range(0, rows, BLOCK):
-            r1 = min(rows, r0 + BLOCK)
+        for r0 in range(lo, hi, BLOCK):
+            r1 = min(hi, r0 + BLOCK)
             for c in range(c0, c1):
-                dst = out[c, r0:r1]
+                dst = out[c, col + r0 : col + r1]
                 for r in range(r1 - r0):
                     dst[r] = source[r0 + r, c]
 
 
 @_kernel
-def _transposed_one(source, out, parts):
-    _transpose_blocks(source, out, 0, 1)
+def _transposed_one(fn, source, out, col, parts):
+    _transpose_part(fn, source, out, col, 0, 1)
 
 
 @_kernel_par
-def _transposed_threads(source, out, parts):
+def _transposed_threads(fn, source, out, col, parts):
     for p in prange(parts):
-        _transpose_blocks(source, out, p, parts)
+        _transpose_part(fn, source, out, col, p, parts)
 
 
 def _matmul_parts() -> int | None:
@@ -533,10 +680,14 @@ __all__ = [
     "column_chunks",
     "make_ctl",
     "matmul",
+    "outer_and_sums",
+    "outer_sum_prev",
     "claims",
     "product_block",
     "product_columns",
     "product_rows",
     "stages_of",
+    "transpose_into",
+    "transposed",
     "workspace",
 ]

@@ -32,11 +32,12 @@ from rnnlab.backends.numba_blas import (
     matmul,
     product_block,
     stages_of,
+    transposed,
 )
 from rnnlab.backends.numba_generate import ACTIVATIONS, SIGMOID, TANH, _kernel_parallel
 from rnnlab.backends.numba_lstm import _np, _out, _parts, _region_call, _region_parts
 from rnnlab.backends.numba_math import _claim, _done, _kernel, _sigmoid_fast, _tanh_fast
-from rnnlab.cells.elman import _combined_bias, elman_grads, input_projection, step_weight
+from rnnlab.cells.elman import _combined_bias, elman_grads, input_projection
 
 KINDS = ACTIVATIONS  # the generation loop's codes: tanh, sigmoid, relu
 
@@ -183,7 +184,7 @@ def recurrence_forward(hs, h0, weight_hh, nonlinearity):
     rec = hs.new_empty(N, H)  # W_hh h_{t-1}
     hs_np, rec_np = _out(hs), _out(rec)
     parts = _parts(N)
-    w_hh_t = step_weight(weight_hh)
+    w_hh_t = transposed(weight_hh)
     region = _region_parts(N)
     if region is not None:  # the whole loop in one compiled call
         args = (kind, hs_np, _np(h0), rec_np, _np(w_hh_t), make_ctl(hs_np.dtype, N, region, H))

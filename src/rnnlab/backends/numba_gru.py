@@ -46,6 +46,7 @@ from rnnlab.backends.numba_blas import (
     matmul,
     product_block,
     stages_of,
+    transposed,
 )
 from rnnlab.backends.numba_generate import _kernel_parallel
 from rnnlab.backends.numba_lstm import (
@@ -57,7 +58,7 @@ from rnnlab.backends.numba_lstm import (
     _zeros,
 )
 from rnnlab.backends.numba_math import _claim, _done, _kernel, _sigmoid_fast, _tanh_fast
-from rnnlab.cells.elman import _combined_bias, input_projection, step_weight
+from rnnlab.cells.elman import _combined_bias, input_projection
 from rnnlab.cells.gru import cho_form_grads, torch_form_grads
 
 
@@ -236,7 +237,7 @@ class GRUCompiledFunction(torch.autograd.Function):
         rec = x.new_empty(N, 3 * H)  # W_hh h_{t-1} + b_hh of the current step
         arrays = (*map(_out, (gates, rec)), _np(h0), *map(_out, (us, hs)))
         parts = _parts(N)
-        w_hh_t = step_weight(weight_hh)
+        w_hh_t = transposed(weight_hh)
         region = _region_parts(N)  # the whole loop in one compiled call
         if region is not None:
             b_hh = x.new_empty(0) if bias_hh is None else bias_hh
@@ -520,8 +521,8 @@ class GRUChoCompiledFunction(torch.autograd.Function):
         g_np, h0_np, hs_np = _out(gates), _np(h0), _out(hs)
         rec_np, rho_np, rec_n_np = _out(rec), _out(rho), _out(rec_n)
         parts = _parts(N)
-        w_hrz_t = step_weight(weight_hh[: 2 * H])
-        w_hn_t = step_weight(weight_hh[2 * H :])
+        w_hrz_t = transposed(weight_hh[: 2 * H])
+        w_hn_t = transposed(weight_hh[2 * H :])
         region = _region_parts(N)  # the whole loop in one compiled call
         if region is not None:
             arrays = (g_np, rec_np, rec_n_np, h0_np, hs_np, rho_np, _np(w_hrz_t), _np(w_hn_t))

@@ -79,7 +79,7 @@ import torch
 from numba import prange
 from torch.autograd.function import once_differentiable
 
-from rnnlab.backends.buffers import pooled, workspace
+from rnnlab.backends.buffers import pooled, workspace, zeros
 from rnnlab.backends.numba_blas import (
     CHUNKS,
     NO_BIAS,
@@ -91,6 +91,7 @@ from rnnlab.backends.numba_blas import (
     matmul,
     product_block,
     stages_of,
+    transposed,
 )
 from rnnlab.backends.numba_generate import _POOL_PID, _kernel_parallel, _matvec_t, threads_usable
 from rnnlab.backends.numba_math import (
@@ -102,7 +103,7 @@ from rnnlab.backends.numba_math import (
     new_sync,
     numba_threads,
 )
-from rnnlab.cells.elman import _combined_bias, input_projection, step_weight
+from rnnlab.cells.elman import _combined_bias, input_projection
 from rnnlab.cells.lstm import (
     LN_EPS,
     _check_ext_args,
@@ -867,8 +868,8 @@ class LSTMCompiledFunction(torch.autograd.Function):
             call(arrays, opts, ln, _np(weight_hh), np.empty(G * H, arrays[0].dtype), _out(r2), sync)
         else:
             parts = _parts(N)
-            w_hh_t = step_weight(weight_hh)
-            w_hr_t = step_weight(weight_hr) if proj else x.new_empty(H, 0)
+            w_hh_t = transposed(weight_hh)
+            w_hr_t = transposed(weight_hr) if proj else x.new_empty(H, 0)
         if region is not None:
             ctl = make_ctl(arrays[0].dtype, N, region, G, P)
             _region_call(_forward_region, _forward_region_threads, region,
@@ -887,6 +888,7 @@ class LSTMCompiledFunction(torch.autograd.Function):
                     _project_step(t, arrays, opts)
         ctx.has_bias = (bias_ih is not None, bias_hh is not None)
         ctx.opts = opts
+        ctx.set_materialize_grads(False)  # an unused output's gradient: buffers.zeros
         ctx.save_for_backward(
             *(x, h0, c0, weight_ih, weight_hh, weight_hr, peephole, drop_mask),
             *(gates, hs, cs, c_tildes, ys, us),
@@ -920,7 +922,10 @@ class LSTMCompiledFunction(torch.autograd.Function):
         parts = _parts(N)
         blocks = 1 if whole else (parts if region is None else region)
         scratch = np.empty((blocks, 9 * H), dtype=_np(gates).dtype)
-        arrays = tuple(map(_np, (gates, c0, cs, ys, grad_hs, grad_cs)))
+        # None: an output nobody used, read as zeros
+        grad_hs = zeros((T, N, P), x.dtype) if grad_hs is None else _np(grad_hs)
+        grad_cs = zeros((T, N, H), x.dtype) if grad_cs is None else _np(grad_cs)
+        arrays = (*map(_np, (gates, c0, cs, ys)), grad_hs, grad_cs)
         arrays += tuple(map(_out, (grad_r, carry_h, carry_c, grad_gates, grad_a_h)))
         arrays += (_np(c_tildes),)
         arrays += (_out(grad_u), _out(grad_h_tildes))

@@ -49,11 +49,12 @@ from rnnlab.backends.numba_blas import (
     matmul,
     product_block,
     stages_of,
+    transposed,
 )
 from rnnlab.backends.numba_generate import SIGMOID, TANH, _kernel_parallel
 from rnnlab.backends.numba_lstm import _np, _out, _parts, _region_call, _region_parts
 from rnnlab.backends.numba_math import _claim, _done, _kernel, _sigmoid_fast, _tanh_fast
-from rnnlab.cells.elman import input_projection, step_weight
+from rnnlab.cells.elman import input_projection
 from rnnlab.cells.pascanu import check_sigma, pascanu_grads
 
 KINDS = {"tanh": TANH, "sigmoid": SIGMOID}
@@ -212,7 +213,7 @@ class PascanuCompiledFunction(torch.autograd.Function):
         rec = xs.new_empty(N, H)  # W_rec sigma(x_{t-1})
         arrays = (_out(xs), _out(s_prev), _out(rec))
         parts = _parts(N)
-        w_rec_t = step_weight(weight_hh)
+        w_rec_t = transposed(weight_hh)
         region = _region_parts(N)  # the whole loop in one compiled call
         if region is not None:
             ctl = make_ctl(arrays[0].dtype, N, region, H)

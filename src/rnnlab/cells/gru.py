@@ -109,7 +109,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab.cells.elman import _combined_bias, input_projection, outer_sum_prev, step_weight
+from rnnlab.cells.elman import (
+    _combined_bias,
+    input_projection,
+    outer_and_sums,
+    outer_sum_prev,
+    step_weight,
+)
 
 GRU_FORMS = ("torch", "cho")
 
@@ -251,18 +257,16 @@ def torch_form_grads(needs, x, h0, hs, weight_ih, grad_gates, grad_n_r, grad_h, 
     H = hs.shape[2]
     delta = grad_gates.view(T * N, 3 * H)
     grad_x = grad_w_ih = grad_w_hh = grad_b_ih = grad_b_hh = None
-    # (x^T delta)^T rather than delta^T x: the same sums, faster for these long, thin
-    # operands (see rnnlab.cells.lstm.ext_parameter_grads)
     if needs[0]:
         grad_x = mm(delta, weight_ih).view(T, N, I)
     if needs[2]:
-        grad_w_ih = mm(x.reshape(T * N, I).t(), delta).t()
+        grad_w_ih, grad_b_ih = outer_and_sums(x.reshape(T * N, I), delta, mm, needs[4] or needs[5])
     if needs[3]:
         # sum_t delta^h_t h_{t-1}^T in blocks [r, z] and n; h_{t-1} is h0 then hs[:-1]
         # (two products each, rather than a copy of the stacked h_{t-1})
         blocks = (grad_gates[:, :, : 2 * H], grad_n_r)
         grad_w_hh = torch.cat([outer_sum_prev(h0, hs, d, mm).t() for d in blocks])
-    if needs[4] or needs[5]:
+    if (needs[4] or needs[5]) and grad_b_ih is None:
         grad_b_ih = delta.sum(0)
     if needs[5]:
         grad_b_hh = torch.cat([grad_b_ih[: 2 * H], grad_n_r.sum((0, 1))])
@@ -301,12 +305,12 @@ def cho_form_grads(needs, x, h0, hs, gates, weight_ih, weight_hh, grad_gates, gr
     if needs[0]:
         grad_x = mm(delta, weight_ih).view(T, N, I)
     if needs[2]:
-        grad_w_ih = mm(x.reshape(T * N, I).t(), delta).t()  # see torch_form_grads
+        grad_w_ih, grad_b = outer_and_sums(x.reshape(T * N, I), delta, mm, needs[4] or needs[5])
     if needs[3]:
         h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]).view(T * N, H)
         rho = gates[:, :, :H].reshape(T * N, H) * h_prev
         grad_w_hh = torch.cat([mm(delta[:, : 2 * H].t(), h_prev), mm(delta[:, 2 * H :].t(), rho)])
-    if needs[4] or needs[5]:
+    if (needs[4] or needs[5]) and grad_b is None:
         grad_b = delta.sum(0)
     return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_b, grad_b
 

@@ -83,7 +83,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlab.cells.elman import step_weight
+from rnnlab.cells.elman import outer_and_sums, step_weight
 
 SIGMAS = ("tanh", "sigmoid")
 
@@ -180,10 +180,10 @@ def pascanu_grads(needs, has_bias, u, weight_ih, s_prev, delta, grad_x0, mm=torc
     if needs[0]:
         grad_u = mm(d, weight_ih).view(T, N, I)
     if needs[2]:
-        grad_w_ih = mm(u.reshape(T * N, I).t(), d).t()  # see rnnlab.cells.lstm
+        grad_w_ih, grad_b = outer_and_sums(u.reshape(T * N, I), d, mm, needs[4] and has_bias)
     if needs[3]:
         grad_w_hh = mm(d.t(), s_prev.view(T * N, H))
-    if needs[4] and has_bias:
+    if needs[4] and has_bias and grad_b is None:
         grad_b = d.sum(0)
     return grad_u, grad_x0 if needs[1] else None, grad_w_ih, grad_w_hh, grad_b, None
 
