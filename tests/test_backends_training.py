@@ -259,8 +259,8 @@ def test_chunked_equals_whole_with_state_carried(cell, backend):
 @pytest.mark.parametrize(
     "cell, expected",
     [
-        ("lstm", "torch"),
-        ("lstm-proj", "torch"),
+        ("lstm", "numba"),
+        ("lstm-proj", "numba"),
         ("gru", "numba"),
         ("rnn-tanh", "numba"),
         ("rnn-relu", "numba"),
@@ -315,13 +315,19 @@ def test_auto_prefers_torch_on_a_gpu():
 
 
 def test_the_choice_is_logged_once(caplog):
+    """Each path a layer takes is logged the first time: the plain LSTM takes oneDNN's
+    kernel under autocast and the compiled steps outside, by turns in bfloat16 training."""
     layer = make("lstm", "auto", dtype=torch.float32)
     with caplog.at_level(logging.INFO, logger="rnnlab"):
-        layer(torch.randn(T, N, I))
-        layer(torch.randn(T, N, I))
+        for _ in range(2):
+            layer(torch.randn(T, N, I))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                layer(torch.randn(T, N, I))
     lines = [r.getMessage() for r in caplog.records if "backend" in r.getMessage()]
     assert lines == [
-        "LSTM: backend 'auto' -> torch (torch.nn.LSTM's kernel, faster than fused on the CPU)"
+        "LSTM: backend 'auto' -> numba (compiled steps, faster than torch.nn's kernel on the CPU)",
+        "LSTM: backend 'auto' -> torch (torch.nn.LSTM's kernel, in bfloat16 under autocast "
+        "(oneDNN))",
     ]
 
 

@@ -261,7 +261,7 @@ class _Stack(nn.Module):
         self.bidirectional = bool(bidirectional)
         self.backend = backend
         self.init = Init(init) if isinstance(init, str) else init
-        self._logged_choice: BackendChoice | None = None
+        self._logged_choices: set[BackendChoice] = set()
         choose_training_backend(self)  # "torch" without a torch.nn kernel fails here
         factory = {"device": device, "dtype": dtype}
         for layer in range(num_layers):
@@ -354,11 +354,13 @@ class _Stack(nn.Module):
         return choose_training_backend(self)
 
     def _note_choice(self) -> str:
-        """Resolve the path for this call; log it (``rnnlab`` logger, INFO) when it changes."""
+        """Resolve the path for this call; log it (``rnnlab`` logger, INFO) the first time
+        this layer takes it (an LSTM may take two by turns: ``torch`` under autocast,
+        ``numba`` outside)."""
         choice = self.backend_choice()
-        if choice != self._logged_choice:
+        if choice not in self._logged_choices:
             logger.info("%s: backend %r -> %s", type(self).__name__, self.backend, choice)
-            self._logged_choice = choice
+            self._logged_choices.add(choice)
         return choice.name
 
     # inputs -----------------------------------------------------------------------------
