@@ -217,14 +217,11 @@ def test_chunked_equals_whole_with_state_carried():
 def test_auto_takes_it_for_the_lstm_options():
     assert rnnlab.LSTM(I, H, layer_norm=True).backend_choice().name == "numba"
     assert rnnlab.LSTM(I, H, zoneout=0.1).backend_choice().name == "numba"
-    assert rnnlab.LSTM(I, H).backend_choice().name == "numba"  # faster than oneDNN here
+    assert rnnlab.LSTM(I, H).backend_choice().name == "torch"  # oneDNN for the plain LSTM
     assert rnnlab.LSTM(I, H, proj_size=2, peephole=True).backend_choice().name == "numba"
+    # PyTorch's projected LSTM has no oneDNN kernel: 0.15-0.73 of its time
     assert rnnlab.LSTM(I, H, proj_size=2).backend_choice().name == "numba"
     assert "backend='auto' -> 'numba'" in repr(rnnlab.LSTM(I, H, peephole=True))
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # oneDNN's bfloat16 kernel
-        choice = rnnlab.LSTM(I, H).backend_choice()
-        assert choice.name == "torch" and "bfloat16 under autocast" in choice.reason
-        assert rnnlab.LSTM(I, H, peephole=True).backend_choice().name == "numba"
 
 
 @pytest.mark.parametrize(

@@ -25,15 +25,17 @@ The layers of :mod:`rnnlab.layers` (``RNN``, ``LSTM``, ``GRU``, ``PascanuRNN``,
                scheduled-sampling call runs as ``fused``.
 
 ``auto`` (the default) takes the fastest of these that computes the same function, by
-the rule in :func:`choose_training_backend`: ``torch`` for every counterpart on a GPU
-(cuDNN), and for the plain LSTM on the CPU under ``torch.autocast`` (oneDNN's bfloat16
-kernel: ``precision="bfloat16"``); ``numba`` on the CPU for every LSTM (plain, projected
-or with peepholes, layer norm, zoneout or recurrent dropout), the GRU in both forms, every
-Elman layer, the Pascanu layer and the Jordan network with hidden recurrence (faster than
-``fused`` for each, and the LSTM, GRU and Elman layers faster than ``torch.nn``'s
-kernels: the plain LSTM 0.76-0.92 of oneDNN's time at the benchmark's shapes, the
-projected one 0.10-0.42 of PyTorch's; docs/performance.md); ``fused`` for the Jordan
-network without hidden recurrence and wherever Numba cannot be imported.  No path
+the rule in :func:`choose_training_backend`: ``torch`` for the plain LSTM on every device
+(oneDNN on the CPU) and for every counterpart on a GPU (cuDNN); ``numba`` on the CPU for
+the projected LSTM and the LSTM with peepholes, layer norm, zoneout or recurrent
+dropout, the GRU in both forms, every Elman layer, the Pascanu layer and the Jordan
+network with hidden recurrence (faster than ``fused`` for each, and the projected LSTM,
+GRU and Elman layers faster than ``torch.nn``'s kernels: the projected LSTM 0.15-0.73 of
+PyTorch's time, which has no oneDNN kernel for it; docs/performance.md); ``fused`` for
+the Jordan network without hidden recurrence and wherever Numba cannot be imported.  The
+compiled plain LSTM measured 0.76-0.92 of oneDNN's time in ordinary processes but
+1.08-1.09 where ``malloc`` keeps its freed memory (oneDNN's own time moves with its page
+faults), so oneDNN keeps the plain LSTM.  No path
 changes results beyond floating-point rounding: the tests hold ``fused``, ``numba`` and
 ``torch`` to the reference at 1e-10 in float64.
 """
@@ -53,7 +55,7 @@ TRAINING_BACKENDS = ("auto", "fused", "reference", "torch", "numba")
 # 0.57-1.06 and 0.58-0.96; docs/performance.md).  The fused path remains where Numba cannot
 # be imported or cannot cache its compiled code.
 FUSED_WINS_ON_CPU = ("gru", "rnn")
-NUMBA_WINS_ON_CPU = ("lstm", "gru", "rnn")  # the LSTM since session 15 (0.76-0.92 of oneDNN)
+NUMBA_WINS_ON_CPU = ("lstm", "gru", "rnn")  # the LSTM: projected only (below)
 
 
 def torch_counterpart(layer) -> tuple[str | None, str]:
@@ -81,10 +83,8 @@ def torch_counterpart(layer) -> tuple[str | None, str]:
 def choose_training_backend(layer, backend: str | None = None) -> BackendChoice:
     """The path ``layer`` (an rnnlab layer) runs with ``backend`` (default: its own), and why.
 
-    ``auto``: as the module docstring says; a CPU LSTM takes ``torch`` while
-    ``torch.autocast`` is on for the CPU (the compiled and fused paths run float32
-    there), so the choice can differ inside and outside an autocast region.  ``torch``
-    asked for where there is no counterpart raises ValueError (one line).
+    ``auto``: as the module docstring says.  ``torch`` asked for where there is no
+    counterpart raises ValueError (one line).
     """
     backend = layer.backend if backend is None else backend
     if backend not in TRAINING_BACKENDS:
@@ -112,17 +112,13 @@ def choose_training_backend(layer, backend: str | None = None) -> BackendChoice:
         return BackendChoice("fused", why)
     if device.type != "cpu":
         return BackendChoice("torch", f"{why} on {device.type}")
-    if layer.cell_kind == "lstm" and torch.is_autocast_enabled("cpu"):
-        return BackendChoice("torch", f"{why}, in {_autocast_name()} under autocast (oneDNN)")
+    if layer.cell_kind == "lstm" and not layer.proj_size:
+        return BackendChoice("torch", f"{why}, faster than fused on the CPU")
     if layer.cell_kind in NUMBA_WINS_ON_CPU and _numba_pays(layer):
         return BackendChoice("numba", "compiled steps, faster than torch.nn's kernel on the CPU")
     if layer.cell_kind in FUSED_WINS_ON_CPU:
         return BackendChoice("fused", "faster than torch.nn's kernel on the CPU")
     return BackendChoice("torch", f"{why}, faster than fused on the CPU")
-
-
-def _autocast_name() -> str:
-    return str(torch.get_autocast_dtype("cpu")).removeprefix("torch.")
 
 
 def numba_unsupported(layer) -> str | None:
