@@ -75,3 +75,13 @@ def test_outputs_held_by_the_caller_survive_later_calls():
         out2.sum().backward()
         assert torch.equal(out1, kept)
         assert not torch.equal(out1, out2)
+
+
+def test_zeros_are_views_of_one_buffer_grown_when_needed():
+    small = buffers.zeros((3, 4), torch.float32)
+    assert small.shape == (3, 4) and small.dtype.name == "float32" and not small.any()
+    big = buffers.zeros((50, 50, 128), torch.float32)
+    assert big.shape == (50, 50, 128) and not big.any()
+    again = buffers.zeros((7,), torch.float32)
+    assert again.base is buffers.zeros((50, 50, 128), torch.float32).base  # no new buffer
+    assert buffers.zeros((2, 2), torch.float64).dtype.name == "float64"

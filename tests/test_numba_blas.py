@@ -131,6 +131,60 @@ def test_matmul_equals_torch(m, k, n, layout):
     assert got.is_contiguous() and got.dtype == torch.float32
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows, cols", [(1, 5), (7, 3), (2500, 65), (33, 129)])
+def test_transposes_both_ways_equal_numpy(dtype, rows, cols):
+    """fbgemm's transpose (float32, where found) and the blocked loop, on 1 and 3 threads'
+    shares, into a column offset of a wider array; a strided source too."""
+    rng = np.random.default_rng(0)
+    wide = rng.standard_normal((rows, cols + 4)).astype(dtype)
+    source = wide[:, 2 : 2 + cols]  # rows contiguous, a row stride longer than the row
+    fns = [0] + ([BLAS.transpose] if BLAS and BLAS.transpose and dtype == np.float32 else [])
+    for fn in fns:
+        for parts in (1, 3):
+            out = np.full((cols, rows + 5), -7.0, dtype)
+            for p in range(parts):
+                numba_blas._transpose_part(fn, source, out, 5, p, parts)
+            assert np.array_equal(out[:, 5:], source.T)
+            assert np.all(out[:, :5] == -7.0)
+
+
+def test_transposed_and_transpose_into():
+    torch.manual_seed(0)
+    for w in (torch.randn(512, 128), torch.randn(3, 4, dtype=torch.float64)):
+        assert torch.equal(numba_blas.transposed(w), w.t().contiguous())
+        assert torch.equal(numba_blas.transposed(w.t()), w)  # a transposed view
+    h0, hs = torch.randn(4, 6), torch.randn(20, 6)
+    out = np.empty((6, 24), np.float32)
+    numba_blas.transpose_into(out, h0.numpy(), hs.numpy(), np.empty((0, 6), np.float32))
+    assert np.array_equal(out, torch.cat([h0, hs]).t().numpy())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("T, N, H, G", [(50, 30, 64, 256), (1, 30, 64, 256), (3, 2, 5, 7)])
+def test_outer_sum_prev_and_outer_and_sums_equal_their_sums(dtype, T, N, H, G):
+    """W_hh's gradient in one product over [h0; hs[:-1]], and W_ih's with b's from a row
+    of ones under x^T, against the sums written out in float64 (a d that is a column
+    slice of a wider tensor, as the GRU passes)."""
+    from rnnlab.cells import elman
+
+    torch.manual_seed(0)
+    h0, hs = torch.randn(N, H, dtype=dtype), torch.randn(T, N, H, dtype=dtype)
+    d = torch.randn(T, N, G + 3, dtype=dtype)[..., 1 : G + 1]
+    prev = torch.cat([h0.unsqueeze(0), hs[:-1]]).double()
+    expected = torch.einsum("tnh,tng->hg", prev, d.double())
+    tol = dict(atol=2e-4 * (T * N) ** 0.5, rtol=1e-4) if dtype == torch.float32 else {}
+    for mm in (torch.mm, numba_blas.matmul):
+        got = elman.outer_sum_prev(h0, hs, d, mm)
+        torch.testing.assert_close(got.double(), expected, **tol)
+    x, d2 = hs.reshape(T * N, H), d.reshape(T * N, G)
+    for mm in (torch.mm, numba_blas.matmul):
+        grad_w, grad_b = elman.outer_and_sums(x, d2, mm)
+        torch.testing.assert_close(grad_w.double(), (d2.double().t() @ x.double()), **tol)
+        torch.testing.assert_close(grad_b.double(), d2.double().sum(0), **tol)
+        assert elman.outer_and_sums(x, d2, mm, sums=False)[1] is None
+
+
 @needs_brgemm
 def test_matmul_same_numbers_on_any_threads(monkeypatch):
     a, b = torch.randn(500, 300), torch.randn(300, 700)

@@ -15,6 +15,7 @@ import torch
 
 import rnnlab
 from conftest import split_into
+from rnnlab.backends import buffers
 from rnnlab.backends.numba_lstm import lstm_compiled_sequence
 from rnnlab.cells.lstm import lstm_ext_sequence, lstm_ext_sequence_reference
 
@@ -181,6 +182,27 @@ def test_layer_equals_the_reference_layer(kw, varlen):
     lengths = torch.tensor([5, 2, 4]) if varlen else None
     for a, b in zip(run_layer(ours, x, lengths), run_layer(reference, x, lengths), strict=True):
         torch.testing.assert_close(a, b, **TIGHT)
+
+
+@pytest.mark.parametrize("used", ["hs", "c_n", "h_n"])
+@pytest.mark.parametrize("kw", LAYER_OPTIONS[:2], ids=["plain", "ln"])
+def test_gradients_when_an_output_is_not_used(used, kw):
+    """Autograd passes None for an output nobody used (the compiled backward reads a shared
+    zero buffer there, ``buffers.zeros``): only the outputs, only the final cell state,
+    only the final h, each against the reference; the zero buffer stays zero."""
+    torch.manual_seed(0)
+    ours = rnnlab.LSTM(I, H, num_layers=2, backend="numba", dtype=F64, **kw)
+    reference = copy.deepcopy(ours)
+    reference.backend = "reference"
+    x = torch.randn(T, N, I, dtype=F64, requires_grad=True)
+    grads = []
+    for layer in (ours, reference):
+        out, (h, c) = layer(x)
+        loss = {"hs": out.sum(), "c_n": (c * c).sum(), "h_n": h.sum()}[used]
+        grads.append(torch.autograd.grad(loss, [x, *layer.parameters()]))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, **TIGHT)
+    assert not buffers.zeros((T, N, H), F64).any()
 
 
 def test_plain_layer_matches_torch_nn():
