@@ -10,6 +10,7 @@ from rnnlab.cli.train import FLAGS, _default
 SPECIAL = {
     "--data": "bundled Tiny Shakespeare",
     "--max-time": "300 (none if only `--max-steps` is given)",
+    "--tf-k": "1 (linear), 0.999 (exponential), 500 (inverse_sigmoid)",
 }
 
 

@@ -477,3 +477,56 @@ def test_teacher_forcing_schedules_take_their_own_default_k(capsys, corpus, tmp_
         "--out", tmp_path / "jordan",
     )  # fmt: skip
     assert code == 0, err
+
+
+# -- the review's defects: each a one-line refusal, nothing written ---------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("train", "--max-steps", "1"),
+        ("sample", "RUN"),
+        ("diagnose", "--hidden", "8"),
+        ("task", "digits", "--max-steps", "1"),
+        ("task", "addition", "--max-steps", "1"),
+    ],
+)
+def test_a_seed_beyond_64_bits_is_refused(capsys, run_dir, argv):
+    argv = [run_dir if a == "RUN" else a for a in argv]
+    code, _, err = run_cli(capsys, *argv, "--seed", "99999999999999999999999")
+    assert_one_line_error(code, err, "--seed", "must be an integer from -2**63 to 2**63 - 1")
+
+
+def test_the_largest_seed_trains_and_samples(capsys, tmp_path, corpus):
+    out = tmp_path / "run"
+    args = ("train", "--data", corpus, *TINY, "--max-steps", "1", "--sample-length", "0")
+    code, _, err = run_cli(capsys, *args, "--seed", str(2**63 - 1), "--out", out)
+    assert code == 0, err
+    assert run_cli(capsys, "sample", out, "--length", "3", "--seed", str(-(2**63)))[0] == 0
+
+
+def test_tf_k_help_shows_one_default(capsys):
+    code, out, _ = run_cli(capsys, "train", "--help")
+    assert code == 0
+    start = out.index("\n  --tf-k X")  # its entry, not the usage line
+    entry = " ".join(out[start : out.index("\n  --tf-c X")].split())
+    assert entry.count("(default:") == 1, entry
+    assert "(default: 1 (linear), 0.999 (exponential), 500 (inverse_sigmoid))" in entry
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("train", "--max-steps", "1"),
+        ("bench", "speed", "--quick"),
+        ("bench", "long-range"),
+        ("diagnose",),
+        ("task", "digits"),
+    ],
+)
+def test_an_empty_out_is_refused(capsys, tmp_path, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, *argv, "--out", "")
+    assert_one_line_error(code, err, "argument --out: expected a directory name")
+    assert list(tmp_path.iterdir()) == []

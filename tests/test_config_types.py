@@ -35,6 +35,11 @@ WRONG = [
         "[schedule] warmup must be an integer; got 1979-05-27 (date)",
     ),
     ('[output]\nprogress = "no"\n', "[output] progress must be true or false; got 'no' (string)"),
+    # Infinities are refused as the flags refuse them (max_time = inf crashed the trainer).
+    ("[optim]\nmax_time = inf\n", "[optim] max_time must be a number or none, not inf"),
+    ("[optim]\nlr = inf\n", "[optim] lr must be a number, not inf"),
+    ("[model]\ndropout = -inf\n", "[model] dropout must be a number, not -inf"),
+    ("[teacher]\nk = inf\n", "[teacher] k must be a number or none, not inf"),
 ]
 
 
@@ -169,4 +174,33 @@ def test_numbers_too_large(tmp_path):
         load_config(str(path))
     path.write_text("[model]\nhidden_size = 1" + "0" * 5000 + "\n")  # beyond int parsing
     with pytest.raises(UserError, match="^cannot parse config file"):
+        load_config(str(path))
+
+
+def test_an_infinite_time_budget_is_refused_before_anything_is_written(tmp_path, capsys):
+    path = tmp_path / "x.toml"
+    path.write_text("[optim]\nmax_time = inf\n")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--config", str(path), "--no-progress", "--out", str(tmp_path / "run")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        "rnnlab: error: invalid configuration: [optim] max_time must be a number or none, not inf\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_seeds_beyond_64_bits_and_an_empty_out_are_refused(tmp_path):
+    path = tmp_path / "x.toml"
+    for seed in (-(2**63), 2**63 - 1):
+        path.write_text(f"[output]\nseed = {seed}\n")
+        assert load_config(str(path)).output.seed == seed
+    path.write_text("[output]\nseed = 99999999999999999999\n")
+    with pytest.raises(UserError) as info:
+        load_config(str(path))
+    assert str(info.value) == (
+        "invalid configuration: seed must be an integer from -2**63 to 2**63 - 1; "
+        "got 99999999999999999999"
+    )
+    path.write_text('[output]\nout = ""\n')
+    with pytest.raises(UserError, match="^invalid configuration: out must name the run directory"):
         load_config(str(path))

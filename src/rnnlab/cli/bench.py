@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from rnnlab.cli.common import output_directory, positive_float, positive_int
+from rnnlab.cli.common import directory, output_directory, positive_float, positive_int
 from rnnlab.errors import UserError
 
 HELP = "run a benchmark (rnnlab bench long-range --help, rnnlab bench speed --help)"
@@ -63,7 +63,10 @@ def add_arguments(p) -> None:
     lr.add_argument("--max-time", type=positive_float, help="seconds per cell (default: none)")
     lr.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     lr.add_argument(
-        "--out", default="runs/bench-long-range", help="output directory (default: %(default)s)"
+        "--out",
+        type=directory,
+        default="runs/bench-long-range",
+        help="output directory (default: %(default)s)",
     )
     lr.add_argument("--list", action="store_true", help="list tasks and methods and exit")
     lr.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -118,7 +121,10 @@ def _add_speed_arguments(sub) -> None:
         help="characters generated per timed run (default: 400)",
     )
     sp.add_argument(
-        "--out", default="runs/bench-speed", help="output directory (default: %(default)s)"
+        "--out",
+        type=directory,
+        default="runs/bench-speed",
+        help="output directory (default: %(default)s)",
     )
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 

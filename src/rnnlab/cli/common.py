@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 from rnnlab.argtypes import (  # noqa: F401  (re-exported for the CLI modules)
+    directory,
     fraction,
     nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
+    random_seed,
 )
 from rnnlab.errors import UserError
 

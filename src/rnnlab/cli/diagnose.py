@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from rnnlab.cells.elman import NONLINEARITIES
-from rnnlab.cli.common import output_directory, positive_int
+from rnnlab.cli.common import directory, output_directory, positive_int, random_seed
 from rnnlab.data import Vocabulary, load_text, split_train_val
 from rnnlab.errors import UserError
 from rnnlab.models import CELLS, LanguageModel, ModelConfig
@@ -83,7 +83,7 @@ def add_arguments(p) -> None:
         metavar="N",
         help="sequences averaged over (default: 8)",
     )
-    m.add_argument("--seed", type=int, default=0, metavar="N", help="seed (default: 0)")
+    m.add_argument("--seed", type=random_seed, default=0, metavar="N", help="seed (default: 0)")
     m.add_argument(
         "--seeds",
         type=positive_int,
@@ -94,6 +94,7 @@ def add_arguments(p) -> None:
     )
     m.add_argument(
         "--out",
+        type=directory,
         metavar="DIR",
         help="where plots and JSON go (default: runs/diagnose/model, runs/diagnose/surface "
         "or runs/diagnose/NAME)",

@@ -7,7 +7,7 @@ import sys
 import torch
 
 from rnnlab.backends import GENERATE_BACKENDS, choose_generate_backend, compile_notice
-from rnnlab.cli.common import nonnegative_int, positive_float
+from rnnlab.cli.common import nonnegative_int, positive_float, random_seed
 from rnnlab.errors import UserError
 from rnnlab.training.checkpoint import load_checkpoint
 
@@ -42,7 +42,7 @@ def add_arguments(p) -> None:
         help="take the most likely token each step (the MAP estimate)",
     )
     p.add_argument(
-        "--seed", type=int, metavar="N", default=None, help="seed for reproducible samples"
+        "--seed", type=random_seed, metavar="N", default=None, help="seed for reproducible samples"
     )
     p.add_argument(
         "--backend",

@@ -13,11 +13,13 @@ from dataclasses import fields
 
 from rnnlab.cells.elman import NONLINEARITIES
 from rnnlab.cli.common import (
+    directory,
     fraction,
     nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
+    random_seed,
 )
 from rnnlab.data.vocab import KINDS
 from rnnlab.errors import UserError
@@ -28,7 +30,7 @@ from rnnlab.training.checkpoint import load_checkpoint, resolve_last
 from rnnlab.training.clipping import CLIP_MODES
 from rnnlab.training.config import GROUPS, OPTIMIZERS, TrainConfig, load_config, preset_names
 from rnnlab.training.precision import PRECISIONS
-from rnnlab.training.schedules import LR_SCHEDULES, TEACHER_SCHEDULES
+from rnnlab.training.schedules import LR_SCHEDULES, TEACHER_SCHEDULES, TF_K_DEFAULTS
 from rnnlab.training.trainer import sample_text
 
 HELP = "train a language model (default: the bundled Tiny Shakespeare)"
@@ -254,8 +256,7 @@ FLAGS = [
         "--tf-k",
         ("teacher", "k"),
         dict(type=positive_float, metavar="X"),
-        "k of the linear (start), exponential (base) or inverse_sigmoid schedule (default: "
-        "1, 0.999, 500)",
+        "k of the linear (start), exponential (base) or inverse_sigmoid schedule",
     ),
     (
         "--tf-c",
@@ -269,7 +270,12 @@ FLAGS = [
         dict(type=fraction, metavar="X"),
         "floor of the teacher-forcing probability",
     ),
-    ("--out", ("output", "out"), dict(metavar="DIR"), "run directory"),
+    (
+        "--out",
+        ("output", "out"),
+        dict(type=directory, metavar="DIR"),
+        "run directory",
+    ),
     (
         "--eval-interval",
         ("output", "eval_interval"),
@@ -303,7 +309,7 @@ FLAGS = [
     (
         "--seed",
         ("output", "seed"),
-        dict(type=int, metavar="N"),
+        dict(type=random_seed, metavar="N"),
         "seeds data order, initialisation, dropout and samples",
     ),
 ]
@@ -328,6 +334,8 @@ def _shown(group: str, name: str, default) -> str:
     """A default as ``--help`` shows it."""
     if (group, name) == ("data", "path") and default is None:
         return "the bundled Tiny Shakespeare"
+    if (group, name) == ("teacher", "k") and default is None:  # each schedule has its own
+        return ", ".join(f"{k:g} ({schedule})" for schedule, k in TF_K_DEFAULTS.items())
     return str(default)
 
 

@@ -20,7 +20,13 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from rnnlab.argtypes import fraction, nonnegative_float, positive_float, positive_int
+from rnnlab.argtypes import (
+    fraction,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    random_seed,
+)
 from rnnlab.errors import UserError
 from rnnlab.examples._shared import (
     add_optim_options,
@@ -300,7 +306,11 @@ def add_common_arguments(p: argparse.ArgumentParser, d: Defaults, data=None) -> 
         f"(default: {d.length_penalty})",
     )
     r.add_argument(
-        "--seed", type=int, default=1, metavar="N", help="seeds data and training (default: 1)"
+        "--seed",
+        type=random_seed,
+        default=1,
+        metavar="N",
+        help="seeds data and training (default: 1)",
     )
     add_output_options(
         r, d.out, d.eval_interval, "torch intra-op threads; these small batches run fastest on one"

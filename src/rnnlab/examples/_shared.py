@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rnnlab.argtypes import fraction, positive_float, positive_int
+from rnnlab.argtypes import directory, fraction, positive_float, positive_int
 from rnnlab.training import distributed
 from rnnlab.training.schedules import LR_SCHEDULES
 
@@ -55,7 +55,9 @@ def add_optim_options(
 def add_output_options(group, out: str, eval_interval: int, threads_help: str) -> None:
     """``--eval-interval``, ``--out``, ``--no-progress`` and ``--threads``."""
     number(group, "--eval-interval", positive_int, eval_interval, "updates between validations")
-    group.add_argument("--out", default=out, metavar="DIR", help=f"run directory (default: {out})")
+    group.add_argument(
+        "--out", type=directory, default=out, metavar="DIR", help=f"run directory (default: {out})"
+    )
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     number(group, "--threads", positive_int, 1, threads_help)
 

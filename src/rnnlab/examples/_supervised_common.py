@@ -22,7 +22,13 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from rnnlab.argtypes import fraction, nonnegative_float, positive_float, positive_int
+from rnnlab.argtypes import (
+    fraction,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    random_seed,
+)
 from rnnlab.errors import UserError
 from rnnlab.examples._shared import (
     add_optim_options,
@@ -178,7 +184,9 @@ def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
         + (" (with --average: only to report on)" if d.average is not None else "")
         + f"; 0: train on all of it and keep the last weights (default: {d.val_fraction})",
     )
-    r.add_argument("--seed", type=int, default=1, metavar="N", help="first seed (default: 1)")
+    r.add_argument(
+        "--seed", type=random_seed, default=1, metavar="N", help="first seed (default: 1)"
+    )
     r.add_argument(
         "--seeds",
         type=positive_int,

@@ -21,6 +21,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from rnnlab.argtypes import SEED_RANGE, valid_seed
 from rnnlab.errors import UserError
 from rnnlab.models import ModelConfig
 from rnnlab.training.clipping import CLIP_MODES
@@ -196,6 +197,10 @@ class TrainConfig:
         if self.data.vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2; got {self.data.vocab_size}")
         out = self.output
+        if not out.out:
+            raise ValueError("out must name the run directory; got an empty string")
+        if not valid_seed(out.seed):
+            raise ValueError(f"seed must be {SEED_RANGE}; got {out.seed}")
         for name in ("eval_interval",):
             if getattr(out, name) < 1:
                 raise ValueError(f"{name} must be positive; got {getattr(out, name)}")
@@ -335,7 +340,7 @@ def _convert(hint, value):
                 value = float(value)
             except OverflowError:  # an integer too large for a float
                 raise _WrongType from None
-            if math.isnan(value):
+            if not math.isfinite(value):  # nan or inf, as the flags refuse them
                 raise _WrongType
             return value
         raise _WrongType
@@ -361,8 +366,8 @@ def check_types(group: str, values: dict) -> dict:
         try:
             checked[key] = _convert(hint, value)
         except _WrongType:
-            if isinstance(value, float) and math.isnan(value):
-                expected = f"{_expected(hint)}, not nan"
+            if isinstance(value, float) and not math.isfinite(value):
+                expected = f"{_expected(hint)}, not {value}"
             else:
                 expected = f"{_expected(hint)}; got {_describe(value)}"
             raise UserError(f"invalid configuration: [{group}] {key} must be {expected}") from None

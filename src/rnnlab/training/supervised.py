@@ -94,7 +94,8 @@ class SupervisedTask:
         return len(self.val) > 0
 
     def order(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        # Taken modulo 2**64 (as torch maps a negative seed) so that any 64-bit seed works.
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**64)
         return torch.randperm(len(self.train), generator=generator)
 
     def next_batch(self):
