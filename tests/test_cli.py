@@ -506,6 +506,42 @@ def test_the_largest_seed_trains_and_samples(capsys, tmp_path, corpus):
     assert run_cli(capsys, "sample", out, "--length", "3", "--seed", str(-(2**63)))[0] == 0
 
 
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (("--nonlinearity", "relu"), "--nonlinearity relu applies to --cell rnn, pascanu or"),
+        (("--cell", "gru", "--nonlinearity", "sigmoid"), "--cell gru has its own gates"),
+        (("--hidden-recurrence",), "--hidden-recurrence applies to --cell jordan"),
+        (("--teacher-forcing", "linear"), "--teacher-forcing linear applies to --cell jordan"),
+        (("--tf-min", "0.5"), "--tf-min 0.5 applies to --cell jordan"),
+        (("--momentum", "0.9"), "--momentum 0.9 applies to --optimizer sgd or rmsprop"),
+    ],
+)
+def test_options_the_cell_or_optimiser_ignores_are_refused(
+    capsys, tmp_path, corpus, extra, fragment
+):
+    expect_train_error(capsys, tmp_path, corpus, fragment, extra=extra)
+
+
+def test_ignored_options_at_their_defaults_still_pass(capsys, tmp_path, corpus):
+    from rnnlab.cli.train import refuse_inapplicable
+    from rnnlab.training.config import TrainConfig
+
+    code, _, err = run_cli(
+        capsys, "train", "--data", corpus, *TINY, "--max-steps", "1", "--sample-length", "0",
+        "--nonlinearity", "tanh", "--no-hidden-recurrence", "--momentum", "0",
+        "--teacher-forcing", "always", "--out", tmp_path / "run",
+    )  # fmt: skip
+    assert code == 0, err
+    toml = tmp_path / "x.toml"
+    toml.write_text('[model]\nnonlinearity = "relu"\n')
+    code, _, err = run_cli(capsys, "train", "--config", toml, "--max-steps", "1")
+    assert_one_line_error(code, err, '[model] nonlinearity = "relu" applies to --cell rnn')
+    # A run saved with such a setting (before it was refused) still resumes, flags unchanged.
+    saved = TrainConfig().updated({"model": {"nonlinearity": "relu"}})
+    refuse_inapplicable(saved, {("optim", "max_steps")}, only_flags=True)
+
+
 def test_tf_k_help_shows_one_default(capsys):
     code, out, _ = run_cli(capsys, "train", "--help")
     assert code == 0

@@ -8,6 +8,7 @@ configuration instead and continues its ``last/`` checkpoint.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import fields
 
@@ -30,7 +31,12 @@ from rnnlab.training.checkpoint import load_checkpoint, resolve_last
 from rnnlab.training.clipping import CLIP_MODES
 from rnnlab.training.config import GROUPS, OPTIMIZERS, TrainConfig, load_config, preset_names
 from rnnlab.training.precision import PRECISIONS
-from rnnlab.training.schedules import LR_SCHEDULES, TEACHER_SCHEDULES, TF_K_DEFAULTS
+from rnnlab.training.schedules import (
+    LR_SCHEDULES,
+    TEACHER_SCHEDULES,
+    TF_K_DEFAULTS,
+    TeacherForcing,
+)
 from rnnlab.training.trainer import sample_text
 
 HELP = "train a language model (default: the bundled Tiny Shakespeare)"
@@ -67,7 +73,7 @@ FLAGS = [
         "--nonlinearity",
         ("model", "nonlinearity"),
         dict(choices=NONLINEARITIES),
-        "activation of the rnn cell",
+        "activation of the rnn, pascanu and jordan cells",
     ),
     (
         "--hidden-recurrence",
@@ -390,18 +396,63 @@ def overrides_from_args(a) -> dict[str, dict]:
 
 def config_from_args(a) -> TrainConfig:
     changes = overrides_from_args(a)
+    flags = {(group, name) for group, values in changes.items() for name in values}
     if a.resume is None:
-        return load_config(a.config, changes)
+        config = load_config(a.config, changes)
+        refuse_inapplicable(config, flags)
+        return config
     if a.config is not None:
         raise UserError("--resume continues a run with its saved config; drop --config")
     _, _, saved, _ = load_checkpoint(resolve_last(a.resume))
     changes.setdefault("output", {})["out"] = a.resume
     try:
-        return saved.updated(changes)
+        config = saved.updated(changes)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, UserError):
             raise
         raise UserError(f"invalid configuration: {exc}") from None
+    refuse_inapplicable(config, flags, only_flags=True)  # the saved settings stay as they were
+    return config
+
+
+def ignored_settings(config: TrainConfig) -> dict[tuple[str, str], str]:
+    """{(group, field): where it applies} for the settings that the configuration's cell or
+    optimiser ignores."""
+    cell, optimizer = config.model.cell, config.optim.optimizer
+    ignored = {}
+    if cell not in ("rnn", "pascanu", "jordan"):
+        ignored["model", "nonlinearity"] = (
+            f"--cell rnn, pascanu or jordan; --cell {cell} has its own gates"
+        )
+    if cell != "jordan":
+        ignored["model", "hidden_recurrence"] = (
+            f"--cell jordan; --cell {cell} always feeds h_{{t-1}} back"
+        )
+        for f in fields(TeacherForcing):
+            ignored["teacher", f.name] = (
+                f"--cell jordan, the one cell that feeds its output back; not --cell {cell}"
+            )
+    if optimizer not in ("sgd", "rmsprop"):
+        ignored["optim", "momentum"] = (
+            f"--optimizer sgd or rmsprop; --optimizer {optimizer} keeps its own moment estimates"
+        )
+    return ignored
+
+
+def refuse_inapplicable(config: TrainConfig, flags: set, only_flags: bool = False) -> None:
+    """A setting moved from its default that the chosen cell or optimiser would ignore is
+    refused, not ignored (as diagnose refuses --nonlinearity for a gated cell); defaults
+    pass. ``only_flags``: check only the settings given as ``flags``."""
+    flag_of = {key: flag for flag, key, _, _ in FLAGS}
+    for (group, name), where in ignored_settings(config).items():
+        value = getattr(getattr(config, group), name)
+        if value == _default(group, name) or (only_flags and (group, name) not in flags):
+            continue
+        if (group, name) in flags:
+            given = flag_of[group, name] + ("" if isinstance(value, bool) else f" {value}")
+        else:  # from the --config file
+            given = f"[{group}] {name} = {json.dumps(value)}"
+        raise UserError(f"{given} applies to {where}")
 
 
 def run(a) -> int:
