@@ -20,8 +20,8 @@ def table() -> str:
         "|---|---|---|",
         "| `--config FILE` | none | TOML file or preset name (`demo`, `shakespeare-30min`); "
         "flags override it |",
-        "| `--resume RUN_DIR` | none | continue that run from `last/`; flags override its "
-        "saved config |",
+        "| `--resume RUN_DIR` | none | continue that run (or `RUN_DIR/last`) in place from "
+        "`last/`; flags override its saved config |",
     ]
     for flag, (group, name), options, text in FLAGS:
         shown = flag

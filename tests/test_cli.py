@@ -482,6 +482,48 @@ def test_teacher_forcing_schedules_take_their_own_default_k(capsys, corpus, tmp_
 # -- the review's defects: each a one-line refusal, nothing written ---------------------------
 
 
+def test_resume_takes_the_run_directory_not_its_checkpoints(capsys, tmp_path, corpus):
+    """``--resume RUN/last`` continues RUN (it used to write a new run inside last/);
+    RUN/best, a loose checkpoint and ``--out`` elsewhere are refused."""
+    run = tmp_path / "run"
+    args = ("train", "--data", corpus, *TINY, "--sample-length", "0")
+    assert run_cli(capsys, *args, "--max-steps", "2", "--out", run)[0] == 0
+    code, out, err = run_cli(capsys, "train", "--resume", run / "last", "--max-steps", "3")
+    assert code == 0, err
+    assert f"resuming {run} at step 2" in out
+    assert not (run / "last" / "config.json").exists()
+    assert json.loads((run / "last" / "checkpoint.json").read_text())["step"] == 3
+    code, _, err = run_cli(capsys, "train", "--resume", run / "best", "--max-steps", "4")
+    assert_one_line_error(code, err, "best checkpoint of the run", f"give the run directory, {run}")
+    (tmp_path / "loose").mkdir()
+    for f in (run / "last").iterdir():
+        (tmp_path / "loose" / f.name).write_bytes(f.read_bytes())
+    code, _, err = run_cli(capsys, "train", "--resume", tmp_path / "loose", "--max-steps", "4")
+    assert_one_line_error(code, err, "is a checkpoint, not a run directory")
+    other = tmp_path / "other"
+    code, _, err = run_cli(capsys, "train", "--resume", run, "--out", other, "--max-steps", "4")
+    assert_one_line_error(code, err, f"--resume continues {run} in place; drop --out {other}")
+    assert not other.exists()
+    code, _, err = run_cli(capsys, "train", "--resume", run, "--out", f"{run}/", "--max-steps", "4")
+    assert code == 0, err
+
+
+def test_out_directory_holding_something_else_is_refused(capsys, tmp_path, corpus):
+    """A folder with its own config.json is not an earlier run: it is left alone."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"name": "my project"}')
+    (project / "notes.txt").write_text("mine")
+    args = ("train", "--data", corpus, *TINY, "--max-steps", "1", "--sample-length", "0")
+    code, out, err = run_cli(capsys, *args, "--out", project)
+    assert_one_line_error(code, err, "holds files (config.json, notes.txt) but no rnnlab run")
+    assert out == ""  # refused before the configuration is printed
+    assert sorted(p.name for p in project.iterdir()) == ["config.json", "notes.txt"]
+    assert (project / "config.json").read_text() == '{"name": "my project"}'
+    (tmp_path / "empty").mkdir()
+    assert run_cli(capsys, *args, "--out", tmp_path / "empty")[0] == 0
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -540,6 +582,22 @@ def test_ignored_options_at_their_defaults_still_pass(capsys, tmp_path, corpus):
     # A run saved with such a setting (before it was refused) still resumes, flags unchanged.
     saved = TrainConfig().updated({"model": {"nonlinearity": "relu"}})
     refuse_inapplicable(saved, {("optim", "max_steps")}, only_flags=True)
+
+
+def test_resuming_a_finished_run_is_refused(capsys, tmp_path, corpus):
+    run = tmp_path / "run"
+    args = ("train", "--data", corpus, *TINY, "--sample-length", "0", "--out", run)
+    assert run_cli(capsys, *args, "--max-steps", "3")[0] == 0
+    metrics = (run / "metrics.jsonl").read_text()
+    for more in ((), ("--max-steps", "2"), ("--max-steps", "3")):
+        code, _, err = run_cli(capsys, "train", "--resume", run, *more)
+        assert_one_line_error(code, err, f"{run} is already at step 3 (max_steps ", "--max-steps")
+    state = json.loads((run / "last" / "training_state.json").read_text())
+    state["elapsed"] = 100.0
+    (run / "last" / "training_state.json").write_text(json.dumps(state))
+    code, _, err = run_cli(capsys, "train", "--resume", run, "--max-steps", "9", "--max-time", "50")
+    assert_one_line_error(code, err, "has already run 100 s (max_time 50)", "--max-time")
+    assert (run / "metrics.jsonl").read_text() == metrics  # nothing appended
 
 
 def test_tf_k_help_shows_one_default(capsys):

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 from dataclasses import fields
+from pathlib import Path
 
 from rnnlab.cells.elman import NONLINEARITIES
 from rnnlab.cli.common import (
@@ -27,7 +28,7 @@ from rnnlab.errors import UserError
 from rnnlab.layers import BACKENDS
 from rnnlab.models import CELLS
 from rnnlab.training import distributed, train
-from rnnlab.training.checkpoint import load_checkpoint, resolve_last
+from rnnlab.training.checkpoint import load_checkpoint, resolve_last, resolve_run
 from rnnlab.training.clipping import CLIP_MODES
 from rnnlab.training.config import GROUPS, OPTIMIZERS, TrainConfig, load_config, preset_names
 from rnnlab.training.precision import PRECISIONS
@@ -280,7 +281,7 @@ FLAGS = [
         "--out",
         ("output", "out"),
         dict(type=directory, metavar="DIR"),
-        "run directory",
+        "run directory: new, empty, or an earlier run's (replaced)",
     ),
     (
         "--eval-interval",
@@ -356,7 +357,8 @@ def add_arguments(p) -> None:
         "--resume",
         metavar="RUN_DIR",
         default=None,
-        help="continue that run from its last/ checkpoint (flags override its config)",
+        help="continue that run (or RUN_DIR/last) in place from its last/ checkpoint (flags "
+        "override its config)",
     )
     groups = {g: p.add_argument_group(t) for g, t in GROUP_TITLES.items()}
     for flag, (group, name), options, text in FLAGS:
@@ -395,6 +397,7 @@ def overrides_from_args(a) -> dict[str, dict]:
 
 
 def config_from_args(a) -> TrainConfig:
+    """The run's configuration; with ``--resume``, ``output.out`` is the run's directory."""
     changes = overrides_from_args(a)
     flags = {(group, name) for group, values in changes.items() for name in values}
     if a.resume is None:
@@ -403,8 +406,15 @@ def config_from_args(a) -> TrainConfig:
         return config
     if a.config is not None:
         raise UserError("--resume continues a run with its saved config; drop --config")
-    _, _, saved, _ = load_checkpoint(resolve_last(a.resume))
-    changes.setdefault("output", {})["out"] = a.resume
+    run = resolve_run(a.resume)
+    out = changes.get("output", {}).get("out")
+    if out is not None and Path(out).resolve() != run.resolve():
+        raise UserError(
+            f"--resume continues {run} in place; drop --out {out} (to branch the run, copy "
+            "its directory and resume the copy)"
+        )
+    _, _, saved, _ = load_checkpoint(resolve_last(run))
+    changes.setdefault("output", {})["out"] = str(run)
     try:
         config = saved.updated(changes)
     except (TypeError, ValueError) as exc:
@@ -457,9 +467,10 @@ def refuse_inapplicable(config: TrainConfig, flags: set, only_flags: bool = Fals
 
 def run(a) -> int:
     config = config_from_args(a)
+    resume = config.output.out if a.resume is not None else None
     dist = distributed.init_from_environment()  # under torchrun: join the process group
     try:
-        result = train(config, resume=a.resume, handle_signals=True)
+        result = train(config, resume=resume, handle_signals=True, refuse_finished=True)
     finally:
         distributed.shutdown()
     if not dist.is_main:

@@ -234,6 +234,44 @@ def resolve_last(path: str | Path) -> Path:
     raise UserError(f"nothing to resume in {path}: no last/ checkpoint with a training state")
 
 
+def resolve_run(path: str | Path) -> Path:
+    """The run directory that ``--resume path`` continues: ``path`` itself, or the run that
+    holds it when ``path`` is that run's ``last/`` (a run's ``best/``, or a checkpoint
+    outside a run, is refused: the run would be written inside it)."""
+    path = Path(path)
+    if (path / "checkpoint.json").exists():
+        run = path.parent
+        if (run / "config.json").is_file() and path.name in ("last", ".last.old"):
+            return run
+        if (run / "config.json").is_file() and path.name in ("best", ".best.old"):
+            raise UserError(
+                f"{path} is the best checkpoint of the run {run}; --resume continues a run "
+                f"from its last/: give the run directory, {run}"
+            )
+        raise UserError(
+            f"{path} is a checkpoint, not a run directory; --resume takes the directory of "
+            "a run (the one that holds config.json and last/)"
+        )
+    return path
+
+
+def is_run_directory(path: str | Path) -> bool:
+    """Whether ``path`` holds a run (its config.json names the optim and output settings,
+    or it holds metrics.jsonl or a best/ or last/ checkpoint): a directory that training
+    may fill again, unlike a folder that merely holds some other config.json."""
+    path = Path(path)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    if isinstance(config, dict) and {"optim", "output"} <= config.keys():
+        return True
+    checkpoints = ("best", "last", ".best.old", ".last.old")
+    return (path / "metrics.jsonl").is_file() or any(
+        (path / name / "checkpoint.json").is_file() for name in checkpoints
+    )
+
+
 def optimizer_state(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """Split ``optimizer.state_dict()`` into tensors (safetensors) and the rest (JSON)."""
     sd = optimizer.state_dict()
@@ -266,7 +304,9 @@ __all__ = [
     "load_training_state",
     "optimizer_state",
     "resolve",
+    "is_run_directory",
     "resolve_last",
+    "resolve_run",
     "restore_optimizer",
     "save_checkpoint",
 ]

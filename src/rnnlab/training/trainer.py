@@ -38,6 +38,7 @@ from rnnlab.models import LanguageModel
 from rnnlab.training import distributed
 from rnnlab.training.averaging import WeightAverage
 from rnnlab.training.checkpoint import (
+    is_run_directory,
     load_checkpoint,
     load_training_state,
     optimizer_state,
@@ -199,6 +200,20 @@ class NullLog:
 class _Terminated(RuntimeError):
     """SIGTERM in a process of a distributed run (torchrun sends it to the survivors when
     one process dies); reported like any other failure of the process group."""
+
+
+def _refuse_foreign_directory(out: Path) -> None:
+    """A new run goes into a new or empty directory, or replaces an earlier run; a folder
+    that holds other files (a project's own config.json, say) is refused, not overwritten."""
+    try:
+        entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    except OSError:
+        return  # mkdir or the first write says what is wrong
+    if entries and not is_run_directory(out):
+        listed = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise UserError(
+            f"{out} holds files ({listed}) but no rnnlab run; give --out a new or empty directory"
+        )
 
 
 class Trainer:
@@ -477,6 +492,24 @@ class Trainer:
             return "early_stop"
         return None
 
+    def finished(self, reason: str) -> str:
+        """Why a resumed run would stop before its first update, and what to pass instead."""
+        o, out = self.config.optim, self.config.output
+        if reason == "max_steps":
+            return (
+                f"is already at step {self.step} (max_steps {o.max_steps}); pass a larger "
+                "--max-steps"
+            )
+        if reason == "max_time":
+            return (
+                f"has already run {self.elapsed:.0f} s (max_time {o.max_time:g}); pass a larger "
+                "--max-time, or --max-steps alone"
+            )
+        return (
+            f"stopped early: {self.evals_since_best} validations without improvement "
+            f"(early_stop {out.early_stop}); pass a larger --early-stop, or 0"
+        )
+
     @staticmethod
     def _on_sigterm(signum, frame):
         raise _Terminated("stopped by SIGTERM, as torchrun stops the rest when one fails")
@@ -498,6 +531,8 @@ class Trainer:
         main = self.dist.is_main
         fresh = self.step == 0 and not self.resumed
         if main:
+            if fresh:
+                _refuse_foreign_directory(self.out)
             try:
                 self.out.mkdir(parents=True, exist_ok=True)
                 if fresh and (self.out / "config.json").exists():
@@ -636,12 +671,16 @@ def train(
     log=print,
     resume: str | Path | None = None,
     handle_signals: bool = False,
+    refuse_finished: bool = False,
 ) -> TrainResult:
     """Train a language model as ``config`` says; ``text`` overrides ``config.data.path``.
 
     Writes ``best/`` and ``last/`` checkpoints, ``config.json`` and ``metrics.jsonl`` under
     ``config.output.out`` (nothing is written before the data and model are checked).
-    ``resume`` continues the run in that directory from its ``last/`` checkpoint.  Ctrl-C
+    ``resume`` continues the run in that directory from its ``last/`` checkpoint;
+    ``refuse_finished``: a :class:`UserError` (before anything is written) where that run
+    has already reached its max_steps, max_time or early stop, rather than validating and
+    saving it again with no update made.  Ctrl-C
     stops training, saves ``last/`` and returns with ``interrupted=True``.
     """
     vocab, train_ids, val_ids = prepare_data(config, text)
@@ -696,8 +735,12 @@ def train(
                 f"cannot resume {resume}: its training state is damaged or from another "
                 f"version ({type(exc).__name__}: {exc})"
             ) from None
+        reason = trainer._stop_reason()
+        if refuse_finished and reason is not None:
+            raise UserError(f"{resume} {trainer.finished(reason)}")
         trainer.log(f"resuming {resume} at step {trainer.step}")
     else:
+        _refuse_foreign_directory(trainer.out)  # before the configuration is printed
         n_params = sum(p.numel() for p in model.parameters())
         trainer.log(describe(config))
         trainer.log(
