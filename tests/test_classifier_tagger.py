@@ -566,6 +566,18 @@ def test_truecase_task_compares_both_directions(capsys, tmp_path):
         (["japanese-vowels", "--average", "1"], "--average"),
         (["japanese-vowels", "--time-warp", "-0.1"], "--time-warp"),
         (["japanese-vowels", "--feature-dropout", "1"], "--feature-dropout"),
+        (
+            ["digits", "--val-fraction", "0.999", "--max-steps", "1"],
+            "--val-fraction 0.999 leaves no training examples",
+        ),
+        (
+            ["japanese-vowels", "--val-fraction", "0.999", "--max-steps", "1"],
+            "--val-fraction 0.999 leaves no training examples",
+        ),
+        (
+            ["japanese-vowels", "--val-fraction", "0.001", "--max-steps", "1"],
+            "--val-fraction 0.001 leaves no validation examples",
+        ),
     ],
 )
 def test_task_bad_option_is_one_line(capsys, argv, fragment):

@@ -548,6 +548,54 @@ def test_the_largest_seed_trains_and_samples(capsys, tmp_path, corpus):
     assert run_cli(capsys, "sample", out, "--length", "3", "--seed", str(-(2**63)))[0] == 0
 
 
+def test_out_of_memory_is_one_line(capsys, tmp_path, corpus):
+    """A size no machine holds: the allocator's failure named, with what to lower."""
+    expect_train_error(
+        capsys, tmp_path, corpus, "out of memory: an allocation of", "lower --hidden",
+        extra=("--hidden", "10000000"),
+    )  # fmt: skip
+    code, _, err = run_cli(
+        capsys, "bench", "speed", "--shapes", "99999999x99999x99999x99999x9",
+        "--sections", "training", "--quick", "--out", tmp_path / "bench", "--no-progress",
+    )  # fmt: skip
+    assert_one_line_error(code, err, "out of memory", "lower --shapes or --gen-hidden")
+
+
+def test_other_errors_are_not_taken_for_out_of_memory(capsys, monkeypatch):
+    import torch
+
+    from rnnlab.cli import evaluate
+    from rnnlab.cli.main import out_of_memory
+
+    assert out_of_memory(MemoryError()) == ""
+    assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    cpu = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1600000000000000 bytes"
+    assert out_of_memory(RuntimeError(cpu)) == "1.6 PB"
+    assert out_of_memory(RuntimeError("shape mismatch")) is None
+
+    def broken(a):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(evaluate, "run", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["eval", "anything"])
+
+
+def test_weights_that_do_not_match_the_config_name_the_tensor(capsys, run_dir, tmp_path):
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    for f in (run_dir / "best").iterdir():
+        (changed / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((changed / "checkpoint.json").read_text())
+    meta["config"]["model"]["hidden_size"] = 24
+    (changed / "checkpoint.json").write_text(json.dumps(meta))
+    code, _, err = run_cli(capsys, "sample", changed)
+    assert_one_line_error(
+        code, err, "does not match the model checkpoint.json describes",
+        "rnn.weight_ih_l0 is (64, 8) in the file, (96, 8) in the model", "tensors differ",
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "extra, fragment",
     [
@@ -607,6 +655,16 @@ def test_tf_k_help_shows_one_default(capsys):
     entry = " ".join(out[start : out.index("\n  --tf-c X")].split())
     assert entry.count("(default:") == 1, entry
     assert "(default: 1 (linear), 0.999 (exponential), 500 (inverse_sigmoid))" in entry
+
+
+def test_eval_of_a_run_without_validation_text(capsys, tmp_path, corpus):
+    run = tmp_path / "run"
+    args = ("train", "--data", corpus, *TINY, "--max-steps", "1", "--sample-length", "0")
+    assert run_cli(capsys, *args, "--val-fraction", "0", "--out", run)[0] == 0
+    code, _, err = run_cli(capsys, "eval", run)
+    assert_one_line_error(code, err, "held out no validation text", "--data FILE")
+    code, out, err = run_cli(capsys, "eval", run, "--data", corpus)
+    assert code == 0, err
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,11 @@ def run(a) -> int:
     if a.data is not None:
         text = load_text(a.data)
         what = a.data
+    elif config.data.val_fraction == 0:
+        raise UserError(
+            f"{a.checkpoint} was trained with --val-fraction 0: it held out no validation "
+            "text; score a text with --data FILE"
+        )
     else:
         text = load_text(config.data.path)
         what = (

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+
+import torch
 
 from rnnlab import __version__
 from rnnlab.cli import bench, diagnose, evaluate, sample, task, train
@@ -18,6 +21,38 @@ COMMANDS = {
     "bench": bench,
     "diagnose": diagnose,
 }
+
+
+# What to lower when a command runs out of memory: the options that size its tensors.
+MEMORY_OPTIONS = {
+    "train": "--hidden, --layers, --embedding, --batch-size or --seq-len",
+    "sample": "--length",
+    "eval": "--streams",
+    "task": "--hidden, --layers or --batch-size",
+    "diagnose": "--hidden, --layers, --length or --batch",
+    "long-range": "--lengths",
+    "speed": "--shapes or --gen-hidden",
+}
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """For an allocation that failed (torch's CPU allocator, CUDA, Python or numpy), what
+    was asked for ("1.6 PB", or "" where the message does not say); else None."""
+    text = str(exc)
+    if not (
+        isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
+        or (isinstance(exc, RuntimeError) and "can't allocate memory" in text)
+    ):
+        return None
+    found = re.search(r"allocate (\d+) bytes", text)  # torch's CPU allocator
+    if found:
+        size = float(found.group(1))
+        for unit in ("bytes", "kB", "MB", "GB", "TB", "PB", "EB"):
+            if size < 1000 or unit == "EB":
+                return f"{size:.3g} {unit}"
+            size /= 1000
+    found = re.search(r"allocate ([\d.]+ ?[KMGTPE]i?B)", text)  # CUDA, numpy
+    return found.group(1) if found else ""
 
 
 def build_parser() -> Parser:
@@ -45,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command].run(args)
     except UserError as exc:
         fail(str(exc))
+    except (RuntimeError, MemoryError) as exc:
+        size = out_of_memory(exc)
+        if size is None:
+            raise
+        asked = f"an allocation of {size} failed" if size else "an allocation failed"
+        which = args.bench if args.command == "bench" else args.command
+        fail(f"out of memory: {asked}; lower {MEMORY_OPTIONS[which]}")
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

@@ -284,6 +284,20 @@ def stratified_split(labels: Sequence, val_fraction: float, seed: int):
     return sorted(train), sorted(val)
 
 
+def check_split(val_fraction: float, n_train: int, n_val: int) -> None:
+    """Refuse a ``--val-fraction`` that leaves one side of the split empty."""
+    if n_train == 0:
+        raise UserError(
+            f"--val-fraction {val_fraction} leaves no training examples (all {n_val} go to "
+            "validation); lower it"
+        )
+    if val_fraction > 0 and n_val == 0:
+        raise UserError(
+            f"--val-fraction {val_fraction} leaves no validation examples (it rounds to none "
+            "of each class); raise it, or give 0 to train on all of them"
+        )
+
+
 @dataclass(frozen=True)
 class Standardizer:
     """Per-feature (x - mean) / std, the statistics taken from training sequences only."""
@@ -502,6 +516,7 @@ def classify_seed(args, seed: int, name: str, train_all, test, classes, example:
     validation and test.  ``train_all`` and ``test`` are lists of ((T, F) tensor, class)."""
     timer = Timer()
     fit_idx, val_idx = stratified_split([y for _, y in train_all], args.val_fraction, seed)
+    check_split(args.val_fraction, len(fit_idx), len(val_idx))
     scale = Standardizer.fit([train_all[i][0] for i in fit_idx])
     fit = [(scale(train_all[i][0]), train_all[i][1]) for i in fit_idx]
     val = [(scale(train_all[i][0]), train_all[i][1]) for i in val_idx]

@@ -113,6 +113,34 @@ def save_model(
     return write_checkpoint_dir(directory, model.state_dict(), documents, training_state)
 
 
+def _shape(tensor: torch.Tensor) -> str:
+    return "(" + ", ".join(str(n) for n in tensor.shape) + ")"
+
+
+def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state)``; a mismatch is a ValueError naming the first tensor
+    that differs, with both shapes (torch's own message puts them on lines that a one-line
+    error would drop)."""
+    expected = model.state_dict()
+    problems = [
+        f"{name} is missing from the file"
+        if name not in state
+        else f"{name} is {_shape(state[name])} in the file, {_shape(tensor)} in the model"
+        for name, tensor in expected.items()
+        if name not in state or state[name].shape != tensor.shape
+    ]
+    problems += [
+        f"the file holds {name}, which the model has not" for name in state if name not in expected
+    ]
+    if problems:
+        more = f" ({len(problems)} tensors differ)" if len(problems) > 1 else ""
+        raise ValueError(
+            f"model.safetensors does not match the model checkpoint.json describes: "
+            f"{problems[0]}{more}"
+        )
+    model.load_state_dict(state)
+
+
 def load_model(path: str | Path, build, kind: str | None = None):
     """Load a checkpoint written by :func:`save_model`: ``(model, spec, info)``.
 
@@ -136,7 +164,7 @@ def load_model(path: str | Path, build, kind: str | None = None):
         raise UserError(f"checkpoint {directory} holds a {info.get('kind')!r}, not a {kind!r}")
     try:
         model = build(info["spec"])
-        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        _load_weights(model, load_file(str(directory / "model.safetensors")))
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"checkpoint {directory} is damaged or inconsistent: {first}") from None
@@ -203,7 +231,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu"):
         vocab = Vocabulary.from_json(vocab_json)
         model = LanguageModel(replace(config.model, vocab_size=len(vocab)))
         state = load_file(str(directory / "model.safetensors"), device=map_location)
-        model.load_state_dict(state)
+        _load_weights(model, state)
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"checkpoint {directory} is damaged or inconsistent: {first}") from None
