@@ -340,3 +340,33 @@ def test_language_model_trains_on_the_auto_path(cell):
     logits, loss, _ = model(idx, targets=idx)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("backend", ["auto", "numba", "fused", "torch"])
+def test_an_empty_batch_gives_empty_outputs_on_every_path(backend):
+    # torch.nn returns (T, 0, H); the compiled and fused kernels expect rows, so the
+    # layer takes the reference path for that call, and the next call its own again
+    layers = [
+        (rnnlab.LSTM(3, 5, num_layers=2, bidirectional=True, backend=backend), (4, 0, 10)),
+        (rnnlab.GRU(3, 5, backend=backend), (4, 0, 5)),
+        (rnnlab.RNN(3, 5, backend=backend), (4, 0, 5)),
+    ]
+    if backend != "torch":
+        layers += [
+            (rnnlab.LSTM(3, 5, proj_size=2, backend=backend), (4, 0, 2)),
+            (rnnlab.PascanuRNN(3, 5, backend=backend), (4, 0, 5)),
+        ]
+    for layer, shape in layers:
+        x = torch.randn(4, 0, 3, requires_grad=True)
+        out, final = layer(x)
+        assert tuple(out.shape) == shape
+        for f in final if isinstance(final, tuple) else (final,):
+            assert f.shape[1] == 0
+        out.sum().backward()
+        assert tuple(x.grad.shape) == (4, 0, 3)
+        assert layer.backend_choice().name == "reference"
+        layer(torch.randn(4, 2, 3))
+        assert layer.backend_choice() == choose_training_backend(layer)
+    jordan = rnnlab.JordanRNN(3, 5, 2, hidden_recurrence=True, backend=backend if backend != "torch" else "auto")
+    out, _ = jordan(torch.randn(4, 0, 3), teacher=torch.randn(4, 0, 2))
+    assert tuple(out.shape) == (4, 0, 2)

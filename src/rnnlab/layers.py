@@ -262,6 +262,7 @@ class _Stack(nn.Module):
         self.backend = backend
         self.init = Init(init) if isinstance(init, str) else init
         self._logged_choices: set[BackendChoice] = set()
+        self._empty_batch = False  # set by each call (_check_input)
         choose_training_backend(self)  # "torch" without a torch.nn kernel fails here
         factory = {"device": device, "dtype": dtype}
         for layer in range(num_layers):
@@ -350,7 +351,11 @@ class _Stack(nn.Module):
     # the path ---------------------------------------------------------------------------
     def backend_choice(self) -> BackendChoice:
         """The path this layer runs now (``fused``, ``reference``, ``torch`` or ``numba``) and why;
-        ``auto`` resolves by the layer's configuration and device."""
+        ``auto`` resolves by the layer's configuration and device.  A call on an empty
+        batch (N = 0) takes the reference path, which has nothing to compute and returns
+        the empty outputs ``torch.nn`` does; the compiled and fused kernels expect rows."""
+        if self._empty_batch:
+            return BackendChoice("reference", "an empty batch: nothing to compute")
         return choose_training_backend(self)
 
     def _note_choice(self) -> str:
@@ -394,6 +399,7 @@ class _Stack(nn.Module):
             input = input.transpose(0, 1)
         if input.shape[0] == 0:
             raise ValueError("input must have at least one time step; got length 0")
+        self._empty_batch = input.shape[1] == 0  # this call takes the reference path
         return input, unbatched
 
     def _check_state(self, state, batch: int, unbatched: bool, like: Tensor) -> list[Tensor]:

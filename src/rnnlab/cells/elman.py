@@ -114,12 +114,13 @@ def input_projection(
     takes W_ih^T as a view (its own transposed copy is quicker than PyTorch's) and the
     bias, added to each tile while it is in cache rather than in a pass of its own."""
     T, N, I = x.shape
+    G = weight_ih.shape[0]  # not -1: an empty batch (N = 0) has no size to infer
     if mm is not torch.mm:
-        return mm(x.reshape(T * N, I), weight_ih.t(), bias).view(T, N, -1)
+        return mm(x.reshape(T * N, I), weight_ih.t(), bias).view(T, N, G)
     out = mm(x.reshape(T * N, I), weight_ih.t().contiguous())
     if bias is not None:
         out.add_(bias)
-    return out.view(T, N, -1)
+    return out.view(T, N, G)
 
 
 def step_weight(weight: Tensor) -> Tensor:
