@@ -134,6 +134,34 @@ def test_packed_weights_follow_parameter_updates():
     assert fast == plain != before
 
 
+@pytest.mark.parametrize("update", ["fused_adam", "data"])
+def test_packed_weights_follow_updates_that_keep_the_version(update):
+    # fused Adam and writes through .data change the weights without bumping _version
+    model = model_of()
+    first = both(model, temperature=1.0)
+    assert first[0] == first[1]
+    if update == "fused_adam":
+        optimiser = torch.optim.Adam(model.parameters(), lr=0.5, fused=True)
+        ids = torch.randint(model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1))
+        model(ids, targets=ids)[1].backward()
+        versions = [p._version for p in model.parameters()]
+        optimiser.step()
+        assert versions == [p._version for p in model.parameters()]  # why the check exists
+    else:
+        for p in model.parameters():
+            p.data.mul_(3.0)
+    fast, plain = both(model, temperature=1.0)
+    assert fast == plain != first[0]
+
+
+def test_a_pack_holds_no_view_of_the_parameters():
+    model = model_of()
+    packed = numba_generate.pack(model, 1)
+    params = [p.detach().numpy() for p in model.parameters()]
+    for array in packed.arrays():
+        assert not any(np.shares_memory(array, p) for p in params)
+
+
 def test_auto_falls_back_to_torch_where_the_loop_does_not_apply():
     jordan = model_of("jordan", layers=1, hidden_recurrence=True)
     choice = backends.choose_generate_backend(jordan, "auto")
@@ -171,8 +199,9 @@ def test_non_finite_logits_are_an_error_on_both_paths():
     with torch.no_grad():
         model.head.bias[3] = float("nan")
     for backend in ("numba", "torch"):
-        with pytest.raises(ValueError, match="not finite at generated token 0"):
-            model.generate([1], 5, backend=backend)
+        for greedy in (False, True):  # argmax would pick the NaN on one path, not the other
+            with pytest.raises(ValueError, match="not finite at generated token 0"):
+                model.generate([1], 5, greedy=greedy, backend=backend)
     for threads in (1, 2, 3):  # the threads leave their shared loop together
         noise = backends.race_noise(5, 11, torch.Generator().manual_seed(4), chunk=64)
         with pytest.raises(ValueError, match="not finite at generated token 0"):

@@ -358,8 +358,12 @@ def _chunk_threads(cell, act, table, wih_b, bih, whh_b, bhh, head_t, head_b, h, 
 @_jit
 def _sample(logits, q_row, temperature):
     """Greedy (argmax of the logits, first maximum) when ``q_row`` is empty, else the
-    exponential race over p = softmax(logits / temperature).  -1 if a logit is not finite."""
+    exponential race over p = softmax(logits / temperature).  -1 if a logit is not finite
+    (greedy too: the plain path refuses it the same way)."""
     V = logits.shape[0]
+    for v in range(V):
+        if not math.isfinite(logits[v]):
+            return -1
     token = 0
     if q_row.shape[0] == 0:
         for v in range(1, V):
@@ -368,8 +372,6 @@ def _sample(logits, q_row, temperature):
         return token
     top = -np.inf
     for v in range(V):
-        if not math.isfinite(logits[v]):
-            return -1
         top = max(top, float(logits[v]) / temperature)
     total = 0.0
     for v in range(V):
@@ -545,8 +547,8 @@ def pack(model, parts: int = 1) -> Packed:
     order = torch.as_tensor(column_order(cell, G // H, H))
 
     def np_(t, columns=True):  # gate columns (the last dimension) in unit-major order
-        t = t.detach().cpu()
-        return np.ascontiguousarray((t[..., order] if columns else t).numpy())
+        t = t.detach().cpu()  # a copy always: a view of a parameter would see its updates
+        return np.array((t[..., order] if columns else t).numpy(), order="C", copy=True)
 
     ranges = column_blocks(cell, G // H, H, parts)
 
@@ -633,16 +635,21 @@ def packed_weights(model, parts: int = 1) -> Packed:
     place or replaced) or another thread count is asked for.
 
     Packing transposes every matrix and computes the (V, G H) table: 60 ms for a 2 x 512
-    LSTM here, as long as 40 tokens, so repeated calls reuse it.  The key is each
-    parameter's storage and version counter, which every in-place update (an optimiser
-    step, ``load_state_dict``, ``copy_``) increments.
+    LSTM here, as long as 40 tokens, so repeated calls reuse it.  A pack is reused only
+    while every parameter equals the copy taken when it was made: the version counter
+    alone misses updates that do not bump it (``torch.optim.Adam(fused=True)``, writes
+    through ``p.data``).  The comparison reads the weights once (about 1 ms for that
+    LSTM's 13 MB), so it stays far cheaper than packing again.
     """
-    key = (parts, *((p.data_ptr(), p._version, p.dtype) for p in model.parameters()))
+    params = [p.detach() for p in model.parameters()]
+    key = (parts, *((p.shape, p.dtype, p.device) for p in params))
     cached = _PACKED.get(model)
-    if cached is None or cached[0] != key:
-        cached = (key, pack(model, parts))
-        _PACKED[model] = cached
-    return cached[1]
+    if cached is not None and cached[0] == key:
+        if all(torch.equal(p, kept) for p, kept in zip(params, cached[1], strict=True)):
+            return cached[2]
+    packed = pack(model, parts)
+    _PACKED[model] = (key, [p.clone() for p in params], packed)
+    return packed
 
 
 def loop_threads(hidden_size: int) -> int:

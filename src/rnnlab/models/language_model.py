@@ -230,11 +230,11 @@ class LanguageModel(nn.Module):
         for i in range(length):
             if i:
                 last, state = self._step(out[-1], state, params)
+            if not torch.isfinite(last).all():  # greedy too: argmax of a NaN is no answer
+                raise ValueError(nonfinite_message(i))
             if races is None:
                 token = int(last.argmax())
             else:
-                if not torch.isfinite(last).all():
-                    raise ValueError(nonfinite_message(i))
                 probs = torch.softmax(last.double() / temperature, dim=-1)
                 token = int((probs / next(races)).argmax())  # = torch.multinomial(probs, 1)
             out.append(token)
