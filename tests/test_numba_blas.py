@@ -185,6 +185,38 @@ def test_outer_sum_prev_and_outer_and_sums_equal_their_sums(dtype, T, N, H, G):
         assert elman.outer_and_sums(x, d2, mm, sums=False)[1] is None
 
 
+@_kernel
+def _matvec_columns_call(w, v, o):
+    numba_blas.matvec_columns(w, v, o)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, m", [(1, 1), (7, 77), (256, 128), (33, 300), (64, 200), (5, 3)])
+def test_matvec_columns_equals_numpy_and_any_cut_of_its_columns(dtype, n, m):
+    rng = np.random.default_rng(n * m)
+    w = rng.standard_normal((n, m + 9)).astype(dtype)[:, 4 : 4 + m]  # row stride > m
+    v = rng.standard_normal(2 * n).astype(dtype)[::2]  # strided v
+    o = np.full(m, np.nan, dtype)
+    _matvec_columns_call(w, v, o)
+    exact = w.astype(np.float64).T @ v.astype(np.float64)
+    scale = np.abs(w).T.astype(np.float64) @ np.abs(v).astype(np.float64)
+    bound = (n + 1) * np.finfo(dtype).eps * scale  # a chain of n fused multiply-adds
+    assert np.all(np.abs(o - exact) <= bound)
+    # each column is the same chain wherever it falls: cut into pieces, the same bits
+    cut = np.full(m, np.nan, dtype)
+    edges = sorted({0, m, m // 3, min(m, m // 3 + 5), min(m, 17)})
+    for a, b in zip(edges, edges[1:]):
+        _matvec_columns_call(w[:, a:b], v, cut[a:b])
+    np.testing.assert_array_equal(cut, o)
+
+
+def test_matvec_columns_of_no_rows_is_zeros():
+    o = np.ones(5, np.float32)
+    _matvec_columns_call(np.empty((0, 5), np.float32), np.empty(0, np.float32), o)
+    assert not o.any()
+    _matvec_columns_call(np.empty((3, 0), np.float32), np.ones(3, np.float32), o[:0])
+
+
 @needs_brgemm
 def test_matmul_same_numbers_on_any_threads(monkeypatch):
     a, b = torch.randn(500, 300), torch.randn(300, 700)

@@ -336,6 +336,95 @@ def _set_local_threads(typingctx, fn, count):
     return types.int64(fn, count), codegen
 
 
+@intrinsic
+def matvec_columns(typingctx, w, v, o):
+    """``o = w^T v`` for ``w`` (n, m) with contiguous rows (any row stride), ``v`` (n,) of
+    any stride, ``o`` (m,) contiguous: every ``o[j]`` is the chain
+    ``fma(w[n-1, j], v[n-1], ... fma(w[0, j], v[0], 0))``, so its value does not depend on
+    m or on where j falls in the columns (a product cut into column blocks gives the
+    same numbers).
+
+    Why an intrinsic.  Written as Numba loops the sum over k stores and reloads ``o``
+    every few rows (the compiler keeps no vector in a register across a loop); here the
+    columns go eight vectors at a time (then four, then one), the accumulators stay in
+    registers down all n rows, and each weight is loaded once: on a (1024, 128) block,
+    the LSTM's reverse step at batch 1, 5.4 µs against 9.0 µs for ``_matvec_t``'s
+    row-by-row form.  The last m mod (vector width) columns go four at a time in scalar
+    fused multiply-adds, the same chain as in the vectors."""
+    sig = types.void(w, v, o)
+
+    def codegen(context, builder, signature, args):
+        tw, tv, to = signature.args
+        real = context.get_value_type(tw.dtype)
+        size = context.get_abi_sizeof(real)
+        lanes = 64 // size  # one 512-bit vector; LLVM splits it where the CPU is narrower
+        vec = ir.VectorType(real, lanes)
+        i64 = ir.IntType(64)
+        arr_w = context.make_array(tw)(context, builder, args[0])
+        arr_v = context.make_array(tv)(context, builder, args[1])
+        arr_o = context.make_array(to)(context, builder, args[2])
+        n = builder.extract_value(arr_w.shape, 0)
+        m = builder.extract_value(arr_w.shape, 1)
+        row = builder.extract_value(arr_w.strides, 0)  # bytes
+        v_step = builder.extract_value(arr_v.strides, 0)
+        w_base, v_base, o_base = (builder.bitcast(a.data, _I8P) for a in (arr_w, arr_v, arr_o))
+        suffix = "f32" if size == 4 else "f64"
+        fma_vec = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fma.v{lanes}{suffix}"
+        )
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(real, [real] * 3), f"llvm.fma.{suffix}"
+        )
+        broadcast = ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes)
+        col = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
+
+        def at(base, offset, ty):
+            return builder.bitcast(builder.gep(base, [offset]), ty.as_pointer())
+
+        def const(value):
+            return ir.Constant(i64, value)
+
+        def columns(count, width, kind):
+            """While ``count`` more columns remain: ``count`` at a time, in ``width``-wide
+            pieces of type ``kind`` (a vector or the scalar), one accumulator each."""
+            test, body, done = (builder.append_basic_block(k) for k in ("test", "body", "done"))
+            builder.branch(test)
+            builder.position_at_end(test)
+            j = builder.load(col)
+            builder.cbranch(builder.icmp_signed("<=", builder.add(j, const(count)), m), body, done)
+            builder.position_at_end(body)
+            j = builder.load(col)
+            first = builder.mul(j, const(size))  # the block's first column, in bytes
+            pieces = count // width
+            zero = ir.Constant(kind, [0.0] * lanes) if width > 1 else ir.Constant(kind, 0.0)
+            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(pieces)]
+            with cgutils.for_range(builder, n) as loop:
+                k = loop.index
+                vk = builder.load(at(v_base, builder.mul(k, v_step), real))
+                if width > 1:
+                    undef = ir.Constant(vec, None)
+                    vk = builder.insert_element(undef, vk, ir.Constant(_I32, 0))
+                    vk = builder.shuffle_vector(vk, undef, broadcast)
+                start = builder.add(builder.mul(k, row), first)
+                for u, acc in enumerate(accs):
+                    wk = builder.load(at(w_base, builder.add(start, const(u * width * size)), kind), align=size)
+                    builder.store(builder.call(fma_vec if width > 1 else fma, [wk, vk, builder.load(acc)]), acc)
+            for u, acc in enumerate(accs):
+                out = at(o_base, builder.add(first, const(u * width * size)), kind)
+                builder.store(builder.load(acc), out, align=size)
+            builder.store(builder.add(j, const(count)), col)
+            builder.branch(test)
+            builder.position_at_end(done)
+
+        for count in (8, 4, 1):
+            columns(count * lanes, lanes, vec)
+        columns(4, 1, real)
+        columns(1, 1, real)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # -- the products of a loop's steps ------------------------------------------------------
 #
 # ``ctl`` (int64), made by :func:`make_ctl` for one compiled loop: how to call the product
