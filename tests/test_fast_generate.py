@@ -142,7 +142,8 @@ def test_packed_weights_follow_updates_that_keep_the_version(update):
     assert first[0] == first[1]
     if update == "fused_adam":
         optimiser = torch.optim.Adam(model.parameters(), lr=0.5, fused=True)
-        ids = torch.randint(model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1))
+        draw = torch.Generator().manual_seed(1)
+        ids = torch.randint(model.config.vocab_size, (2, 6), generator=draw)
         model(ids, targets=ids)[1].backward()
         versions = [p._version for p in model.parameters()]
         optimiser.step()

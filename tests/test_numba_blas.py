@@ -205,7 +205,7 @@ def test_matvec_columns_equals_numpy_and_any_cut_of_its_columns(dtype, n, m):
     # each column is the same chain wherever it falls: cut into pieces, the same bits
     cut = np.full(m, np.nan, dtype)
     edges = sorted({0, m, m // 3, min(m, m // 3 + 5), min(m, 17)})
-    for a, b in zip(edges, edges[1:]):
+    for a, b in zip(edges, edges[1:], strict=False):
         _matvec_columns_call(w[:, a:b], v, cut[a:b])
     np.testing.assert_array_equal(cut, o)
 

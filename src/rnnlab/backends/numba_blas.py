@@ -407,8 +407,10 @@ def matvec_columns(typingctx, w, v, o):
                     vk = builder.shuffle_vector(vk, undef, broadcast)
                 start = builder.add(builder.mul(k, row), first)
                 for u, acc in enumerate(accs):
-                    wk = builder.load(at(w_base, builder.add(start, const(u * width * size)), kind), align=size)
-                    builder.store(builder.call(fma_vec if width > 1 else fma, [wk, vk, builder.load(acc)]), acc)
+                    piece = at(w_base, builder.add(start, const(u * width * size)), kind)
+                    wk = builder.load(piece, align=size)
+                    total = builder.call(fma_vec if width > 1 else fma, [wk, vk, builder.load(acc)])
+                    builder.store(total, acc)
             for u, acc in enumerate(accs):
                 out = at(o_base, builder.add(first, const(u * width * size)), kind)
                 builder.store(builder.load(acc), out, align=size)

@@ -602,8 +602,9 @@ def _unit_columns(w, lo, hi, out):
 def _forward_blocks(p, parts, arrays, opts, ln, w, blocks, r2, sync):
     """Thread ``p``'s share of the forward pass of a whole sequence (see above).  ``w`` =
     W_hh (4H, H); ``blocks`` (4H H,): each block's columns of W_hh^T as four gate panels
-    (:func:`_gate_columns`), block ``lo:hi`` at 4H lo; ``r2`` (2, N, H): r_{t-1} in row (t + 1) % 2, r_t written to
-    row t % 2 (the other threads may still read r_{t-1} while this one writes r_t);
+    (:func:`_gate_columns`), block ``lo:hi`` at 4H lo; ``r2`` (2, N, H): r_{t-1} in row
+    (t + 1) % 2, r_t written to row t % 2 (the other threads may still read r_{t-1} while
+    this one writes r_t);
     ``arrays[1]`` (a_h) holds block ``lo:hi``'s products in its columns 4 lo : 4 hi."""
     a_h, cs = arrays[1], arrays[5]
     T, N, H = cs.shape
