@@ -593,3 +593,12 @@ def test_japanese_vowels_default_run(capsys, tmp_path):
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["test_accuracy"]["mean"] >= 0.97
+
+
+def test_truecase_has_its_own_fixed_split_and_no_val_fraction(capsys):
+    # its validation part is the 10% of text after the training part; a flag that did
+    # nothing would mislead
+    code, _, err = run_cli(capsys, "task", "truecase", "--val-fraction", "0.5")
+    assert code == 2 and "unrecognized arguments: --val-fraction" in err
+    code, out, _ = run_cli(capsys, "task", "digits", "--help")
+    assert "--val-fraction" in out

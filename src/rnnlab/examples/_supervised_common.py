@@ -75,7 +75,7 @@ class Defaults:
     batch_size: int = 32
     max_steps: int | str = 1000  # a string: the help text of an example-specific default
     eval_interval: int = 50
-    val_fraction: float = 0.1
+    val_fraction: float | None = 0.1  # None hides --val-fraction (a task's own fixed split)
     weight_decay: float = 0.0
     average: float | None = None  # None hides --average
     label_smoothing: float | None = None  # None hides --label-smoothing
@@ -175,15 +175,16 @@ def add_arguments(p: argparse.ArgumentParser, d: Defaults) -> None:
         help="also stop a run after S seconds (default: no limit)",
     )
     r = p.add_argument_group("evaluation and output")
-    r.add_argument(
-        "--val-fraction",
-        type=fraction,
-        default=d.val_fraction,
-        metavar="X",
-        help="part of the training data held out to pick the best checkpoint"
-        + (" (with --average: only to report on)" if d.average is not None else "")
-        + f"; 0: train on all of it and keep the last weights (default: {d.val_fraction})",
-    )
+    if d.val_fraction is not None:
+        r.add_argument(
+            "--val-fraction",
+            type=fraction,
+            default=d.val_fraction,
+            metavar="X",
+            help="part of the training data held out to pick the best checkpoint"
+            + (" (with --average: only to report on)" if d.average is not None else "")
+            + f"; 0: train on all of it and keep the last weights (default: {d.val_fraction})",
+        )
     r.add_argument(
         "--seed", type=random_seed, default=1, metavar="N", help="first seed (default: 1)"
     )

@@ -61,6 +61,7 @@ DEFAULTS = Defaults(
     batch_size=64,
     max_steps=600,
     eval_interval=200,
+    val_fraction=None,  # the fixed contiguous split of the module docstring
 )
 
 
