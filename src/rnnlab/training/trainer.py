@@ -560,6 +560,15 @@ class Trainer:
             tqdm.write(msg) if not bar.disable else self.log(msg)
 
         previous_handler = previous_term = None
+
+        def restore() -> None:  # the handlers the caller had (once)
+            nonlocal previous_handler, previous_term
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+            if previous_term is not None:
+                signal.signal(signal.SIGTERM, previous_term)
+            previous_handler = previous_term = None
+
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
             if self.dist.enabled:  # torchrun's SIGTERM: the one-line message, not a traceback
@@ -625,21 +634,25 @@ class Trainer:
             if first_update is not None:  # the first update failed or was interrupted
                 first_update.cancel()
             bar.close()
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
-            if previous_term is not None:
-                signal.signal(signal.SIGTERM, previous_term)
+            if reason != "interrupted":  # else the handlers stay until last/ is saved
+                restore()
         interrupted = reason == "interrupted"
-        if interrupted:
-            report(f"interrupted at step {self.step}; saving {self.out / 'last'}")
-        elif reason == "early_stop":
-            report(f"early stop: no improvement in {c.output.early_stop} validations")
-        if self.step > 0:
-            if not interrupted and self.step % c.output.eval_interval != 0:
-                self.validate(report)
-            self.save("last")
-            if not self.has_validation:  # no validation: the last weights are the best we know
-                self.save("best")
+        try:
+            # a Ctrl-C while the final checkpoint is written is the "second Ctrl-C" of the
+            # handler (quit at once, said in one line), whether or not it came in time to
+            # stop an update
+            if interrupted:
+                report(f"interrupted at step {self.step}; saving {self.out / 'last'}")
+            elif reason == "early_stop":
+                report(f"early stop: no improvement in {c.output.early_stop} validations")
+            if self.step > 0:
+                if not interrupted and self.step % c.output.eval_interval != 0:
+                    self.validate(report)
+                self.save("last")
+                if not self.has_validation:  # no validation: the last weights are the best
+                    self.save("best")
+        finally:
+            restore()
         if self.probe is not None:
             self.probe.close()
         self.metrics.close()
