@@ -218,13 +218,31 @@ def test_matvec_columns_of_no_rows_is_zeros():
 
 
 @needs_brgemm
-def test_matmul_same_numbers_on_any_threads(monkeypatch):
-    a, b = torch.randn(500, 300), torch.randn(300, 700)
+@pytest.mark.parametrize("m", [500, 129, 3])
+def test_matmul_same_numbers_on_any_threads(monkeypatch, m):
+    """Any thread count, and so any rows of tiles (129 rows: 3 tiles, 4 on 2 threads)."""
+    a, b = torch.randn(m, 300), torch.randn(300, 700)
     runs = []
     for parts in (1, 2, 3):
         monkeypatch.setattr(numba_blas, "_matmul_parts", lambda parts=parts: parts)
         runs.append(numba_blas.matmul(a, b))
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    torch.testing.assert_close(runs[0], a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_tiles_share_out_evenly_where_the_rows_allow():
+    tile_grid = numba_blas.tile_grid
+    assert tile_grid(129, 512, 1) == (3, 1)
+    assert tile_grid(129, 512, 2) == (4, 1)  # not 1 tile against 2
+    assert tile_grid(129, 512, 3) == (3, 1)
+    assert tile_grid(2500, 512, 2) == (40, 1)
+    assert tile_grid(1, 2048, 3) == (1, 4)  # one row: no more rows of tiles to be had
+    for m in range(1, 300, 7):
+        for n in (1, 65, 512, 1536):
+            for parts in (1, 2, 3, 4):
+                rows, cols = tile_grid(m, n, parts)
+                assert 1 <= rows <= m and cols == -(-n // numba_blas.TILE_N)
+                assert rows >= -(-m // numba_blas.TILE_M)
 
 
 def test_matmul_leaves_what_it_does_not_take_to_torch():

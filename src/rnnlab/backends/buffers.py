@@ -23,6 +23,7 @@ allocator does; :func:`release` gives the pool's unused arrays back.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 
@@ -43,10 +44,11 @@ def _workspace(slot: int, shape, dtype) -> np.ndarray:
     """A scratch array of ``shape`` kept per thread and slot, reused while it is big
     enough (valid until the next call with that slot on this thread)."""
     spaces = _LOCAL.__dict__.setdefault("spaces", {})
-    size = int(np.prod(shape))
-    space = spaces.get((slot, np.dtype(dtype)))
+    size = math.prod(shape)
+    key = (slot, np.dtype(dtype))
+    space = spaces.get(key)
     if space is None or space.size < size:
-        space = spaces[(slot, np.dtype(dtype))] = _aligned(size, dtype)
+        space = spaces[key] = _aligned(size, dtype)
     return space[:size].reshape(shape)
 
 
@@ -62,7 +64,7 @@ def pooled(shape, dtype: torch.dtype) -> torch.Tensor:
     refers to any more where there is one of its size (else a new one, which the pool
     keeps).  Small buffers (under :data:`POOL_MIN_BYTES`) are plain ``torch.empty``."""
     np_dtype = _numpy_dtype(dtype)
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     if size * np_dtype.itemsize < POOL_MIN_BYTES:
         return torch.empty(shape, dtype=dtype)
     key = (size, np_dtype)
@@ -84,7 +86,7 @@ def zeros(shape, dtype: torch.dtype) -> np.ndarray:
     output that nothing used (autograd passes None there, rather than a fresh
     (T, N, H) tensor of zeros for each call).  Never write to it."""
     np_dtype = _numpy_dtype(dtype)
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     with _POOL_LOCK:
         buffer = _ZEROS.get(np_dtype)
         if buffer is None or buffer.size < size:
@@ -132,7 +134,13 @@ def _aligned(size: int, dtype) -> np.ndarray:
 
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    return torch.empty(0, dtype=dtype).numpy().dtype
+    found = _NUMPY_DTYPES.get(dtype)
+    if found is None:
+        found = _NUMPY_DTYPES[dtype] = torch.empty(0, dtype=dtype).numpy().dtype
+    return found
+
+
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
 
 
 __all__ = ["POOL_LIMIT", "POOL_MIN_BYTES", "pooled", "release", "workspace", "zeros"]

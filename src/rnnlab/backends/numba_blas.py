@@ -527,10 +527,11 @@ def product_rows(ctl, lo, hi, a, b, c, bias):
 #
 # The products over every step (the input projection, the weight gradients, the input's
 # gradient) in tiles of about TILE_M x TILE_N, each tile's sum over k in blocks of TILE_K
-# (so that its block of B stays in L2 cache), added in order; the tiles are fixed by the
-# shape, so the result does not depend on the threads.  Tiles of 64 x 512 x 512 measured
-# 142-205 GFLOP/s on 2 threads with cold caches at the benchmark's shapes, 64 x 256 x 256
-# 146-204 (the four other shapes tried fell in between).
+# (so that its block of B stays in L2 cache), added in order.  The tiles' columns and k
+# blocks are fixed by the shape (their rows follow the thread count, :func:`tile_grid`,
+# which only cuts the output's rows), so the result does not depend on the threads.
+# Tiles of 64 x 512 x 512 measured 142-205 GFLOP/s on 2 threads with cold caches at the
+# benchmark's shapes, 64 x 256 x 256 146-204 (the four other shapes tried fell between).
 
 TILE_M, TILE_N, TILE_K = 64, 512, 512
 MATMUL_MIN_WORK = 1 << 20  # multiply-adds below which PyTorch's product is as quick
@@ -551,10 +552,23 @@ def _tile(ctl, a, b, c, bias, r0, r1, c0, c1):
 
 
 @_kernel
+def tile_grid(m, n, parts):
+    """(rows, cols) of the tiles of an (m, n) product on ``parts`` threads: about TILE_M x
+    TILE_N each, with more rows of tiles where that gives every thread as many (129 rows
+    are 3 tiles of 43, which 2 threads share 1 : 2, so they become 4 of 32-33).  Rows of
+    tiles only cut the output's rows, so the numbers do not depend on ``parts``."""
+    rows, cols = (m + TILE_M - 1) // TILE_M, (n + TILE_N - 1) // TILE_N
+    more = rows
+    while (more * cols) % parts and more < min(m, 2 * rows):
+        more += 1
+    return (more if (more * cols) % parts == 0 else rows), cols
+
+
+@_kernel
 def _tiles(ctl, a, b, c, bias, p, parts):
     """Thread ``p``'s share of the tiles of ``c = a b (+ bias)``."""
     m, n = c.shape
-    rows, cols = (m + TILE_M - 1) // TILE_M, (n + TILE_N - 1) // TILE_N
+    rows, cols = tile_grid(m, n, parts)
     tiles = rows * cols
     old = _set_local_threads(ctl[SET_LOCAL], 1)
     for q in range(p * tiles // parts, (p + 1) * tiles // parts):
