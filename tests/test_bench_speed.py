@@ -83,3 +83,69 @@ def test_bench_speed_bad_arguments_are_one_line_errors(flag, value, tmp_path, ca
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and value.split(",")[-1] in err
+
+
+def _exit_code(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def _tiny_training_argv(out):
+    return ["bench", "speed", "--sections", "training", "--shapes", "3x4x5x8x1", "--repeats", "1",
+            "--threads", "1", "--no-progress", "--out", str(out)]  # fmt: skip
+
+
+def test_bench_speed_keeps_the_cases_it_finished_when_it_runs_out_of_memory(
+    tmp_path, capsys, monkeypatch
+):
+    """Results are written after each case: the LSTM's row survives the GRU's failure, the
+    file says the run is not complete, and the error is one line."""
+    import rnnlab.bench.speed as speed
+
+    real = speed.bench_training
+
+    def gru_fails(shape, cell, repeats):
+        if cell == "gru":
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                               "allocate 1600000000000 bytes. Error code 12")  # fmt: skip
+        return real(shape, cell, repeats)
+
+    monkeypatch.setattr(speed, "bench_training", gru_fails)
+    out = tmp_path / "speed"
+    assert _exit_code(_tiny_training_argv(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "memory" in err and "Traceback" not in err
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is False
+    assert [r["cell"] for r in results["training"]] == ["lstm"]
+    assert "Partial results" in (out / "results.md").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md"]
+
+
+def test_bench_speed_leaves_no_empty_folder_when_its_first_case_fails(
+    tmp_path, capsys, monkeypatch
+):
+    import rnnlab.bench.speed as speed
+
+    def fails(shape, cell, repeats):
+        raise MemoryError()
+
+    monkeypatch.setattr(speed, "bench_training", fails)
+    out = tmp_path / "new" / "speed"
+    assert _exit_code(_tiny_training_argv(out)) == 2
+    assert "memory" in capsys.readouterr().err
+    assert not out.exists()
+    existing = tmp_path / "mine"  # a folder the user made is theirs: left in place
+    existing.mkdir()
+    assert _exit_code(_tiny_training_argv(existing)) == 2
+    assert existing.is_dir()
+
+
+def test_bench_speed_complete_run_says_so(tmp_path, capsys):
+    out = tmp_path / "speed"
+    assert main(_tiny_training_argv(out)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is True and len(results["training"]) == 3
+    assert "Partial" not in (out / "results.md").read_text()

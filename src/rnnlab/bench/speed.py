@@ -489,7 +489,9 @@ def limit_rows(training: list[dict], peak: float) -> list[dict]:
 
 
 def run_speed(settings: Settings, out: Path | None = None, progress: bool = True, log=print):
-    """Run the selected sections; write results.json and results.md to ``out``."""
+    """Run the selected sections; write results.json and results.md to ``out``, after each
+    case (``"complete": false`` until the last), so that a run stopped part way (out of
+    memory, Ctrl-C) keeps the cases it finished."""
     settings.check()
     torch.manual_seed(settings.seed)
     threads_before = torch.get_num_threads()
@@ -512,6 +514,7 @@ def run_speed(settings: Settings, out: Path | None = None, progress: bool = True
             **{k: v for k, v in asdict(settings).items() if k != "shapes"},
             "shapes": [s.label for s in settings.shapes],
         },
+        "complete": False,
     }
     bar = tqdm(jobs, disable=not progress, desc="bench speed", unit="case")
     try:
@@ -544,15 +547,27 @@ def run_speed(settings: Settings, out: Path | None = None, progress: bool = True
                 limit = matmul_peak(settings.peak_sizes, repeats=max(3, settings.repeats))
                 limit["training"] = limit_rows(results.get("training", []), limit["peak_gflops"])
                 results["limit"] = limit
+            _save(out, results)
+        results["complete"] = True
     finally:
         torch.set_num_threads(threads_before)
         _set_numba_threads(numba_threads_before)
         bar.close()
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (out / "results.md").write_text(markdown(results))
+    _save(out, results)
     return results
+
+
+def _save(out: Path | None, results: dict) -> None:
+    """results.json and results.md in ``out`` (nothing where ``out`` is None), each written
+    whole to a temporary name and then renamed over the last."""
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("results.json", json.dumps(results, indent=2) + "\n"),
+                       ("results.md", markdown(results))):  # fmt: skip
+        partial = out / f".{name}.partial"
+        partial.write_text(text)
+        partial.replace(out / name)
 
 
 def _numba_threads() -> int | None:
@@ -615,6 +630,8 @@ def markdown(results: dict) -> str:
         f"median of {results['settings']['repeats']} interleaved runs. "
         "Ratio = rnnlab time / competitor time (below 1: rnnlab is faster).\n"
     ]
+    if not results.get("complete", True):
+        parts.append("\n**Partial results**: the run stopped before its last case.\n")
     if "training" in results:
         rows = [
             [

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from rnnlab.cli.common import directory, output_directory, positive_float, positive_int
+from rnnlab.cli.common import directory, new_output_directory, positive_float, positive_int
 from rnnlab.errors import UserError
 
 HELP = "run a benchmark (rnnlab bench long-range --help, rnnlab bench speed --help)"
@@ -156,8 +156,8 @@ def run_speed(a) -> int:
         settings.check()
     except ValueError as exc:
         raise UserError(f"bench speed: {exc}") from None
-    out = output_directory(a.out)
-    results = run_bench(settings, out, progress=not a.no_progress)
+    with new_output_directory(a.out) as out:
+        results = run_bench(settings, out, progress=not a.no_progress)
     print(markdown(results), end="")
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")
     return 0
@@ -191,8 +191,8 @@ def run_long_range(a) -> int:
     torch.set_num_threads(a.threads)
     from rnnlab.bench.long_range import run_grid
 
-    out = output_directory(a.out)
-    rows = run_grid(grid, out, progress=not a.no_progress)
+    with new_output_directory(a.out) as out:
+        rows = run_grid(grid, out, progress=not a.no_progress)
     print(markdown_table(rows), end="")
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")
     return 0

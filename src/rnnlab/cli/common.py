@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -34,6 +35,22 @@ def output_directory(path: str | Path) -> Path:
     except OSError as exc:
         raise UserError(f"cannot use {path} as the output directory: {exc.strerror}") from None
     return path
+
+
+@contextlib.contextmanager
+def new_output_directory(path: str | Path):
+    """:func:`output_directory` for a command that writes its results as it goes: should
+    the command fail before it wrote anything (out of memory, Ctrl-C, an error), a folder
+    it made is removed again rather than left empty."""
+    path = Path(path)
+    existed = path.exists()
+    out = output_directory(path)
+    try:
+        yield out
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def fail(message: str, code: int = 2):
