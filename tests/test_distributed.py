@@ -204,3 +204,25 @@ def test_a_task_example_runs_under_torchrun(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("test accuracy") == 2  # rank 0's per-seed line and summary
     assert json.loads((out / "results.json").read_text())["test_accuracy"]["mean"] > 0.2
+
+
+def test_a_worker_exits_at_once_with_its_output_flushed():
+    """exit_worker: the status given, and what the worker printed (unflushed, to a pipe)
+    still reaches the reader; the interpreter's teardown is skipped."""
+    code = (
+        "import atexit\n"
+        "from rnnlab.training.distributed import exit_worker\n"
+        "atexit.register(lambda: print('teardown ran'))\n"
+        "print('last words', end='')\n"
+        "exit_worker(3)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 3
+    assert result.stdout == "last words"
+
+
+def test_leaving_without_a_process_group_does_nothing():
+    from rnnlab.training import distributed
+
+    distributed.shutdown()
+    distributed.shutdown(together=True)

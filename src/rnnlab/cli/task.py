@@ -35,8 +35,14 @@ def run(a) -> int:
     dist = distributed.init_from_environment()  # under torchrun: join the process group
     try:
         if dist.is_main:
-            return module.run(options)
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-            return module.run(options)  # rank 0 alone reports
-    finally:
+            code = module.run(options)
+        else:
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                code = module.run(options)  # rank 0 alone reports
+    except BaseException:
         distributed.shutdown()
+        raise
+    distributed.shutdown(together=True)
+    if not dist.is_main:
+        distributed.exit_worker(code or 0)
+    return code

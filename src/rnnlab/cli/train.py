@@ -471,10 +471,12 @@ def run(a) -> int:
     dist = distributed.init_from_environment()  # under torchrun: join the process group
     try:
         result = train(config, resume=resume, handle_signals=True, refuse_finished=True)
-    finally:
+    except BaseException:
         distributed.shutdown()
+        raise
+    distributed.shutdown(together=not result.interrupted)
     if not dist.is_main:
-        return 130 if result.interrupted else 0
+        distributed.exit_worker(130 if result.interrupted else 0)
     unit = "char" if result.vocab.kind == "char" else "word"
     print(
         f"trained {result.steps} step{'s' * (result.steps != 1)} in {result.train_seconds:.0f} s "
