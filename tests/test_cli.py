@@ -257,14 +257,20 @@ def test_incomplete_checkpoint(capsys, run_dir, tmp_path):
     assert_one_line_error(code, err, "incomplete checkpoint", "model.safetensors")
 
 
-def test_checkpoint_from_an_incompatible_version(capsys, run_dir, tmp_path):
-    old = tmp_path / "old"
-    old.mkdir()
+def edited_checkpoint(run_dir, folder, edit):
+    """A copy of ``run_dir``'s best checkpoint in ``folder``, its checkpoint.json passed
+    through ``edit`` (which changes the dict in place)."""
+    folder.mkdir()
     for f in (run_dir / "best").iterdir():
-        (old / f.name).write_bytes(f.read_bytes())
-    meta = json.loads((old / "checkpoint.json").read_text())
-    meta["version"] = 0
-    (old / "checkpoint.json").write_text(json.dumps(meta))
+        (folder / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((folder / "checkpoint.json").read_text())
+    edit(meta)
+    (folder / "checkpoint.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_checkpoint_from_an_incompatible_version(capsys, run_dir, tmp_path):
+    old = edited_checkpoint(run_dir, tmp_path / "old", lambda meta: meta.update(version=0))
     code, _, err = run_cli(capsys, "eval", old)
     assert_one_line_error(code, err, "format version 0")
 
@@ -582,13 +588,9 @@ def test_other_errors_are_not_taken_for_out_of_memory(capsys, monkeypatch):
 
 
 def test_weights_that_do_not_match_the_config_name_the_tensor(capsys, run_dir, tmp_path):
-    changed = tmp_path / "changed"
-    changed.mkdir()
-    for f in (run_dir / "best").iterdir():
-        (changed / f.name).write_bytes(f.read_bytes())
-    meta = json.loads((changed / "checkpoint.json").read_text())
-    meta["config"]["model"]["hidden_size"] = 24
-    (changed / "checkpoint.json").write_text(json.dumps(meta))
+    changed = edited_checkpoint(
+        run_dir, tmp_path / "changed", lambda meta: meta["config"]["model"].update(hidden_size=24)
+    )
     code, _, err = run_cli(capsys, "sample", changed)
     assert_one_line_error(
         code, err, "does not match the model checkpoint.json describes",
