@@ -34,6 +34,9 @@ def test_bench_speed_tiny_run_writes_json_and_markdown(tmp_path, capsys):
     assert (out / "results.md").read_text().startswith("rnnlab bench speed")
     assert results["settings"]["shapes"] == ["3x4x5x8x2"]
     assert results["machine"]["threads"] == 1
+    # main() in this process leaves the allocator alone (only the program's entry sets it)
+    assert results["machine"]["malloc"] in ("default", "keeps freed memory")
+    assert f"malloc {results['machine']['malloc']}" in printed
 
     training = results["training"]
     assert [r["cell"] for r in training] == ["lstm", "gru", "rnn"]

@@ -51,6 +51,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import rnnlab
+from rnnlab import allocator
 from rnnlab.layers import GRU, LSTM, RNN, JordanRNN
 
 SECTIONS = ("training", "variants", "generation", "precision", "limit")
@@ -598,6 +599,8 @@ def machine_info(settings: Settings) -> dict:
         "rnnlab": rnnlab.__version__,
         "threads": settings.threads,
         "gen_threads": settings.gen_threads,
+        # both sides share the process, so both have this allocator (rnnlab.allocator)
+        "malloc": "keeps freed memory" if allocator.keeps_freed_memory() else "default",
     }
     try:
         import numba
@@ -626,7 +629,8 @@ def markdown(results: dict) -> str:
     m = results["machine"]
     parts = [
         f"rnnlab bench speed: {m['cpu_count']} CPUs, threads {m['threads']} "
-        f"(generation {m['gen_threads']}), torch {m['torch']}, numba {m['numba']}; "
+        f"(generation {m['gen_threads']}), torch {m['torch']}, numba {m['numba']}, "
+        f"malloc {m.get('malloc', 'default')}; "
         f"median of {results['settings']['repeats']} interleaved runs. "
         "Ratio = rnnlab time / competitor time (below 1: rnnlab is faster).\n"
     ]

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from rnnlab import __version__
+from rnnlab import __version__, allocator
 from rnnlab.cli import bench, diagnose, evaluate, sample, task, train
 from rnnlab.cli.common import Parser, fail
 from rnnlab.errors import UserError
@@ -99,4 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
+    """The ``rnnlab`` program: the C allocator keeps freed memory (:mod:`rnnlab.allocator`;
+    here, not in :func:`main`, because it changes the whole process), then :func:`main`."""
+    try:
+        allocator.configure()
+    except UserError as exc:
+        fail(str(exc))
     sys.exit(main())
